@@ -1,0 +1,569 @@
+//! The validated runtime configuration.
+//!
+//! Loading is two steps, as in TensorZero's gateway: `raw` is the serde file
+//! format (`deny_unknown_fields`), and [`Config::from_raw`] resolves defaults
+//! from [`defaults`] and checks every value. Every problem is reported with
+//! the key path an operator can find in the file (`models[1].workers[0]`), and
+//! all problems are reported at once, like `nginx -t`.
+
+pub mod defaults;
+pub mod raw;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use raw::{RawConfig, RawModel, RawServer};
+
+/// One problem in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    /// Key path, e.g. `models[1].workers[0]`; empty for file-level problems.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.key, self.message)
+        }
+    }
+}
+
+/// Why a configuration could not be loaded. Display prints one problem per line.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}", render_issues(.0))]
+    Invalid(Vec<ConfigIssue>),
+}
+
+fn render_issues(issues: &[ConfigIssue]) -> String {
+    issues
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl ConfigError {
+    /// The individual problems (a read failure is one problem with no key).
+    pub fn issues(&self) -> Vec<ConfigIssue> {
+        match self {
+            ConfigError::Read { .. } => vec![ConfigIssue {
+                key: String::new(),
+                message: self.to_string(),
+            }],
+            ConfigError::Invalid(issues) => issues.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub models: Vec<ModelConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    /// Worker threads of the public listener's runtime (resolved: never 0).
+    pub threads: usize,
+    pub max_body_bytes: usize,
+    pub shutdown_grace: Duration,
+    pub body_read_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    pub name: String,
+    pub workers: Vec<WorkerSpec>,
+    pub timeouts: UpstreamTimeouts,
+}
+
+/// One vLLM worker as configured: its normalized URL (the identity used in
+/// metrics and logs) and the address it resolved to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct WorkerSpec {
+    pub url: String,
+    pub addr: SocketAddr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamTimeouts {
+    pub connect: Duration,
+    /// Streaming: until the response head and the first event. Non-streaming
+    /// answers have no head before generation ends, so `request` bounds them.
+    pub first_token: Duration,
+    /// Longest silence between two reads of the answer body (SSE events).
+    pub idle: Duration,
+    /// The whole exchange with the worker.
+    pub request: Duration,
+    /// How long a pooled upstream connection may idle before it is dropped.
+    pub keepalive_idle: Duration,
+}
+
+impl Default for UpstreamTimeouts {
+    fn default() -> Self {
+        UpstreamTimeouts {
+            connect: defaults::CONNECT_TIMEOUT,
+            first_token: defaults::FIRST_TOKEN_TIMEOUT,
+            idle: defaults::IDLE_TIMEOUT,
+            request: defaults::REQUEST_TIMEOUT,
+            keepalive_idle: defaults::UPSTREAM_KEEPALIVE_IDLE,
+        }
+    }
+}
+
+impl Config {
+    /// Read, parse and validate a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text)
+    }
+
+    /// Parse and validate configuration text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            ConfigError::Invalid(vec![ConfigIssue {
+                key: String::new(),
+                message: e.to_string().trim_end().to_string(),
+            }])
+        })?;
+        Config::from_raw(raw)
+    }
+
+    /// Resolve defaults and check every value of a parsed file.
+    pub fn from_raw(raw: RawConfig) -> Result<Config, ConfigError> {
+        let mut issues = Issues::default();
+        let server = server_from_raw(raw.server, &mut issues);
+        let mut names = HashSet::new();
+        let mut models = Vec::with_capacity(raw.models.len());
+        if raw.models.is_empty() {
+            issues.push("models", "at least one [[models]] table is required");
+        }
+        for (i, m) in raw.models.into_iter().enumerate() {
+            let key = format!("models[{i}]");
+            if let Some(model) = model_from_raw(&key, m, &mut issues) {
+                if !names.insert(model.name.clone()) {
+                    issues.push(
+                        format!("{key}.name"),
+                        format!("duplicate model name {:?}", model.name),
+                    );
+                }
+                models.push(model);
+            }
+        }
+        match (server, issues.0.is_empty()) {
+            (Some(server), true) => Ok(Config { server, models }),
+            _ => Err(ConfigError::Invalid(issues.0)),
+        }
+    }
+
+    pub fn model(&self, name: &str) -> Option<&ModelConfig> {
+        self.models.iter().find(|m| m.name == name)
+    }
+}
+
+#[derive(Default)]
+struct Issues(Vec<ConfigIssue>);
+
+impl Issues {
+    fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigIssue {
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+}
+
+fn server_from_raw(raw: RawServer, issues: &mut Issues) -> Option<ServerConfig> {
+    let listen = socket_addr(
+        "server.listen",
+        raw.listen.as_deref().unwrap_or(defaults::LISTEN),
+        issues,
+    );
+    let admin_listen = socket_addr(
+        "server.admin_listen",
+        raw.admin_listen
+            .as_deref()
+            .unwrap_or(defaults::ADMIN_LISTEN),
+        issues,
+    );
+    if let (Some(l), Some(a)) = (listen, admin_listen) {
+        // Port 0 asks the OS for a free port, so two zeros never collide.
+        if l == a && l.port() != 0 {
+            issues.push(
+                "server.admin_listen",
+                "must differ from server.listen: /metrics never shares the public listener",
+            );
+        }
+    }
+    let threads = match raw.threads.unwrap_or(defaults::THREADS) {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n if n > 1024 => {
+            issues.push("server.threads", "must be at most 1024");
+            1
+        }
+        n => n,
+    };
+    let max_body_bytes = raw.max_body_bytes.unwrap_or(defaults::MAX_BODY_BYTES);
+    if max_body_bytes == 0 {
+        issues.push("server.max_body_bytes", "must be greater than 0");
+    }
+    let shutdown_grace = duration(
+        "server.shutdown_grace",
+        raw.shutdown_grace.as_deref(),
+        defaults::SHUTDOWN_GRACE,
+        issues,
+    );
+    let body_read_timeout = duration(
+        "server.body_read_timeout",
+        raw.body_read_timeout.as_deref(),
+        defaults::BODY_READ_TIMEOUT,
+        issues,
+    );
+    Some(ServerConfig {
+        listen: listen?,
+        admin_listen: admin_listen?,
+        threads,
+        max_body_bytes,
+        shutdown_grace,
+        body_read_timeout,
+    })
+}
+
+fn model_from_raw(key: &str, raw: RawModel, issues: &mut Issues) -> Option<ModelConfig> {
+    let name = match raw.name {
+        Some(n) if !n.trim().is_empty() => Some(n),
+        Some(_) => {
+            issues.push(format!("{key}.name"), "must not be empty");
+            None
+        }
+        None => {
+            issues.push(format!("{key}.name"), "is required");
+            None
+        }
+    };
+    if raw.workers.is_empty() {
+        issues.push(
+            format!("{key}.workers"),
+            "at least one worker URL is required",
+        );
+    }
+    let mut workers = Vec::with_capacity(raw.workers.len());
+    let mut seen = HashSet::new();
+    for (j, url) in raw.workers.iter().enumerate() {
+        let wkey = format!("{key}.workers[{j}]");
+        if let Some(spec) = worker_spec(&wkey, url, issues) {
+            if !seen.insert(spec.url.clone()) {
+                issues.push(wkey, format!("duplicate worker {}", spec.url));
+                continue;
+            }
+            workers.push(spec);
+        }
+    }
+    let d = UpstreamTimeouts::default();
+    let timeouts = UpstreamTimeouts {
+        connect: duration(
+            &format!("{key}.connect_timeout"),
+            raw.connect_timeout.as_deref(),
+            d.connect,
+            issues,
+        ),
+        first_token: duration(
+            &format!("{key}.first_token_timeout"),
+            raw.first_token_timeout.as_deref(),
+            d.first_token,
+            issues,
+        ),
+        idle: duration(
+            &format!("{key}.idle_timeout"),
+            raw.idle_timeout.as_deref(),
+            d.idle,
+            issues,
+        ),
+        request: duration(
+            &format!("{key}.request_timeout"),
+            raw.request_timeout.as_deref(),
+            d.request,
+            issues,
+        ),
+        keepalive_idle: duration(
+            &format!("{key}.upstream_keepalive_idle"),
+            raw.upstream_keepalive_idle.as_deref(),
+            d.keepalive_idle,
+            issues,
+        ),
+    };
+    Some(ModelConfig {
+        name: name?,
+        workers,
+        timeouts,
+    })
+}
+
+/// Parse a worker URL (`http://host:port`) and resolve its host. Only plain
+/// HTTP: the gateway is built without a TLS feature (pingora.md §1), and vLLM
+/// workers sit on a private network.
+pub fn worker_spec(key: &str, url: &str, issues: &mut impl IssueSink) -> Option<WorkerSpec> {
+    let uri: http::Uri = match url.parse() {
+        Ok(u) => u,
+        Err(_) => {
+            issues.issue(key, format!("not a URL: {url:?}"));
+            return None;
+        }
+    };
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            issues.issue(
+                key,
+                "https workers are not supported (the gateway speaks plain HTTP to its workers)",
+            );
+            return None;
+        }
+        _ => {
+            issues.issue(
+                key,
+                format!("not a URL: {url:?} (expected http://host:port)"),
+            );
+            return None;
+        }
+    }
+    let Some(host) = uri.host() else {
+        issues.issue(key, format!("not a URL: {url:?} (no host)"));
+        return None;
+    };
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        issues.issue(
+            key,
+            "must not have a path: vLLM serves /v1 at the root of its address",
+        );
+        return None;
+    }
+    let port = uri.port_u16().unwrap_or(80);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let addr = match (host, port).to_socket_addrs() {
+        Ok(mut addrs) => addrs.next(),
+        Err(e) => {
+            issues.issue(key, format!("cannot resolve {host:?}: {e}"));
+            return None;
+        }
+    };
+    let Some(addr) = addr else {
+        issues.issue(key, format!("{host:?} resolved to no address"));
+        return None;
+    };
+    let display_host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    };
+    Some(WorkerSpec {
+        url: format!("http://{display_host}:{port}"),
+        addr,
+    })
+}
+
+/// Where validation helpers report problems (lets discovery reuse them).
+pub trait IssueSink {
+    fn issue(&mut self, key: &str, message: impl Into<String>);
+}
+
+impl IssueSink for Issues {
+    fn issue(&mut self, key: &str, message: impl Into<String>) {
+        self.push(key, message);
+    }
+}
+
+impl IssueSink for Vec<ConfigIssue> {
+    fn issue(&mut self, key: &str, message: impl Into<String>) {
+        self.push(ConfigIssue {
+            key: key.to_string(),
+            message: message.into(),
+        });
+    }
+}
+
+fn socket_addr(key: &str, value: &str, issues: &mut Issues) -> Option<SocketAddr> {
+    if let Ok(a) = value.parse::<SocketAddr>() {
+        return Some(a);
+    }
+    match value.to_socket_addrs().map(|mut a| a.next()) {
+        Ok(Some(a)) => Some(a),
+        _ => {
+            issues.push(
+                key,
+                format!("not a socket address: {value:?} (expected host:port)"),
+            );
+            None
+        }
+    }
+}
+
+fn duration(key: &str, value: Option<&str>, default: Duration, issues: &mut Issues) -> Duration {
+    let Some(text) = value else {
+        return default;
+    };
+    match humantime::parse_duration(text) {
+        Ok(d) if d.is_zero() => {
+            issues.push(key, "must be greater than 0");
+            default
+        }
+        Ok(d) => d,
+        Err(e) => {
+            issues.push(
+                key,
+                format!("not a duration: {text:?} ({e}; write e.g. \"500ms\", \"30s\", \"2m\")"),
+            );
+            default
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn issues_of(text: &str) -> Vec<String> {
+        match Config::parse(text) {
+            Ok(_) => vec![],
+            Err(e) => e.issues().iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn minimal_config_takes_defaults() {
+        let c = Config::parse(
+            r#"
+            [[models]]
+            name = "m"
+            workers = ["http://127.0.0.1:8000"]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.server.listen, defaults::LISTEN.parse().unwrap());
+        assert_eq!(
+            c.server.admin_listen,
+            defaults::ADMIN_LISTEN.parse().unwrap()
+        );
+        assert_eq!(c.server.max_body_bytes, defaults::MAX_BODY_BYTES);
+        assert_eq!(c.models[0].workers[0].url, "http://127.0.0.1:8000");
+        assert_eq!(c.models[0].timeouts, UpstreamTimeouts::default());
+    }
+
+    #[test]
+    fn bad_worker_url_names_its_key() {
+        let got = issues_of(
+            r#"
+            [[models]]
+            name = "a"
+            workers = ["http://127.0.0.1:8000"]
+            [[models]]
+            name = "b"
+            workers = ["not a url", "https://127.0.0.1:1", "http://127.0.0.1:2/v1"]
+            "#,
+        );
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert!(
+            got[0].starts_with("models[1].workers[0]: not a URL"),
+            "{got:?}"
+        );
+        assert!(got[1].starts_with("models[1].workers[1]: https"), "{got:?}");
+        assert!(
+            got[2].starts_with("models[1].workers[2]: must not have a path"),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_it() {
+        let got = issues_of(
+            r#"
+            [server]
+            listne = "0.0.0.0:1"
+            "#,
+        );
+        assert_eq!(got.len(), 1);
+        assert!(got[0].contains("listne"), "{got:?}");
+    }
+
+    #[test]
+    fn all_problems_are_reported_at_once() {
+        let got = issues_of(
+            r#"
+            [server]
+            listen = "nowhere"
+            shutdown_grace = "soon"
+            [[models]]
+            workers = []
+            "#,
+        );
+        let joined = got.join("\n");
+        assert!(
+            joined.contains("server.listen: not a socket address"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("server.shutdown_grace: not a duration"),
+            "{joined}"
+        );
+        assert!(joined.contains("models[0].name: is required"), "{joined}");
+        assert!(
+            joined.contains("models[0].workers: at least one"),
+            "{joined}"
+        );
+    }
+
+    #[test]
+    fn duplicate_names_and_workers_are_rejected() {
+        let got = issues_of(
+            r#"
+            [[models]]
+            name = "a"
+            workers = ["http://127.0.0.1:1", "http://127.0.0.1:1/"]
+            [[models]]
+            name = "a"
+            workers = ["http://127.0.0.1:2"]
+            "#,
+        );
+        assert_eq!(
+            got,
+            vec![
+                "models[0].workers[1]: duplicate worker http://127.0.0.1:1".to_string(),
+                "models[1].name: duplicate model name \"a\"".to_string(),
+            ]
+        );
+    }
+
+    #[test]
+    fn admin_listener_must_differ_from_public() {
+        let got = issues_of(
+            r#"
+            [server]
+            listen = "127.0.0.1:8080"
+            admin_listen = "127.0.0.1:8080"
+            [[models]]
+            name = "a"
+            workers = ["http://127.0.0.1:1"]
+            "#,
+        );
+        assert_eq!(got.len(), 1);
+        assert!(got[0].starts_with("server.admin_listen: must differ"));
+    }
+}

@@ -1,0 +1,233 @@
+//! Every answer the gateway makes itself, as one enum.
+//!
+//! Each variant maps to exactly one HTTP status and one OpenAI-shaped body
+//! `{"error":{"message","type","param","code"}}` (all four keys present, `code`
+//! a string or null: ../shared/reference/chat-completions.md §7.1), so clients'
+//! SDKs raise the right exception and retry only what is worth retrying
+//! (§7.2). Messages never echo an API key or message content.
+
+use bytes::Bytes;
+use serde::Serialize;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum GatewayError {
+    #[error("Unknown request URL: {method} {path}. The gateway serves /v1/chat/completions, /v1/completions, /v1/embeddings and /v1/models.")]
+    RouteNotFound { method: String, path: String },
+
+    #[error("Method {method} is not allowed on {path}.")]
+    MethodNotAllowed { method: String, path: String },
+
+    #[error("The model `{model}` does not exist or you do not have access to it.")]
+    ModelNotFound { model: String },
+
+    #[error("Request body is larger than the gateway's limit of {limit} bytes.")]
+    BodyTooLarge { limit: usize },
+
+    #[error("The request body did not arrive within {seconds} seconds.")]
+    BodyTimeout { seconds: u64 },
+
+    #[error("Request body could not be read: {reason}.")]
+    BodyRead { reason: String },
+
+    #[error("Unsupported Media Type: Only 'application/json' is allowed")]
+    UnsupportedMediaType,
+
+    #[error("We could not parse the JSON body of your request: {message} (at byte {offset}).")]
+    MalformedJson { offset: usize, message: String },
+
+    #[error("{message}")]
+    InvalidRequest {
+        message: String,
+        param: Option<String>,
+        code: &'static str,
+    },
+
+    #[error("No healthy worker is available for model `{model}`; try again shortly.")]
+    NoHealthyWorker { model: String },
+
+    #[error("The gateway is shutting down; retry on another replica.")]
+    ShuttingDown,
+
+    #[error("The worker for model `{model}` could not be reached.")]
+    UpstreamUnavailable { model: String },
+
+    #[error("The worker for model `{model}` sent an invalid response.")]
+    UpstreamProtocol { model: String },
+
+    #[error("The worker for model `{model}` did not answer in time ({phase}).")]
+    UpstreamTimeout { model: String, phase: &'static str },
+
+    #[error("The gateway failed to handle the request.")]
+    Internal,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorInfo<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorInfo<'a> {
+    message: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    param: Option<&'a str>,
+    code: Option<&'a str>,
+}
+
+impl GatewayError {
+    pub fn status(&self) -> u16 {
+        use GatewayError::*;
+        match self {
+            RouteNotFound { .. } | ModelNotFound { .. } => 404,
+            MethodNotAllowed { .. } => 405,
+            BodyTooLarge { .. } => 413,
+            BodyTimeout { .. } => 408,
+            // vLLM answers a wrong Content-Type with 400, not 415
+            // (../shared/reference/vllm.md §1); clients built against vLLM
+            // expect that.
+            UnsupportedMediaType
+            | MalformedJson { .. }
+            | InvalidRequest { .. }
+            | BodyRead { .. } => 400,
+            NoHealthyWorker { .. } | ShuttingDown | UpstreamUnavailable { .. } => 503,
+            UpstreamProtocol { .. } => 502,
+            UpstreamTimeout { .. } => 504,
+            Internal => 500,
+        }
+    }
+
+    /// OpenAI's `type` field.
+    pub fn error_type(&self) -> &'static str {
+        use GatewayError::*;
+        match self {
+            NoHealthyWorker { .. }
+            | ShuttingDown
+            | UpstreamUnavailable { .. }
+            | UpstreamProtocol { .. }
+            | UpstreamTimeout { .. }
+            | Internal => "server_error",
+            _ => "invalid_request_error",
+        }
+    }
+
+    /// OpenAI's `code` field (a string or null).
+    pub fn code(&self) -> Option<&'static str> {
+        use GatewayError::*;
+        match self {
+            RouteNotFound { .. } => Some("unknown_url"),
+            MethodNotAllowed { .. } => Some("method_not_allowed"),
+            ModelNotFound { .. } => Some("model_not_found"),
+            BodyTooLarge { .. } => Some("request_too_large"),
+            BodyTimeout { .. } => Some("request_timeout"),
+            BodyRead { .. } => Some("invalid_body"),
+            UnsupportedMediaType => Some("unsupported_media_type"),
+            MalformedJson { .. } => Some("invalid_json"),
+            InvalidRequest { code, .. } => Some(code),
+            NoHealthyWorker { .. } => Some("no_healthy_upstream"),
+            ShuttingDown => Some("shutting_down"),
+            UpstreamUnavailable { .. } => Some("upstream_unavailable"),
+            UpstreamProtocol { .. } => Some("upstream_protocol_error"),
+            UpstreamTimeout { .. } => Some("upstream_timeout"),
+            Internal => None,
+        }
+    }
+
+    pub fn param(&self) -> Option<&str> {
+        use GatewayError::*;
+        match self {
+            InvalidRequest { param, .. } => param.as_deref(),
+            ModelNotFound { .. } => Some("model"),
+            _ => None,
+        }
+    }
+
+    /// Whether the client may send another request on this connection. After
+    /// an error raised before the body was fully read, unread bytes would be
+    /// parsed as the next request, so the connection must close.
+    pub fn keeps_connection(&self) -> bool {
+        !matches!(
+            self,
+            GatewayError::BodyTooLarge { .. }
+                | GatewayError::BodyTimeout { .. }
+                | GatewayError::BodyRead { .. }
+        )
+    }
+
+    /// Metric label for the kind of failure: bounded, never user data.
+    pub fn kind(&self) -> &'static str {
+        use GatewayError::*;
+        match self {
+            RouteNotFound { .. } => "route_not_found",
+            MethodNotAllowed { .. } => "method_not_allowed",
+            ModelNotFound { .. } => "model_not_found",
+            BodyTooLarge { .. } => "body_too_large",
+            BodyTimeout { .. } => "body_timeout",
+            BodyRead { .. } => "body_read",
+            UnsupportedMediaType => "unsupported_media_type",
+            MalformedJson { .. } => "malformed_json",
+            InvalidRequest { .. } => "invalid_request",
+            NoHealthyWorker { .. } => "no_healthy_worker",
+            ShuttingDown => "shutting_down",
+            UpstreamUnavailable { .. } => "upstream_unavailable",
+            UpstreamProtocol { .. } => "upstream_protocol",
+            UpstreamTimeout { .. } => "upstream_timeout",
+            Internal => "internal",
+        }
+    }
+
+    /// The JSON body, OpenAI-shaped.
+    pub fn body(&self) -> Bytes {
+        let message = self.to_string();
+        render(&message, self.error_type(), self.param(), self.code())
+    }
+}
+
+/// Render an OpenAI-shaped error body.
+pub fn render(message: &str, kind: &str, param: Option<&str>, code: Option<&str>) -> Bytes {
+    let body = ErrorBody {
+        error: ErrorInfo {
+            message,
+            kind,
+            param,
+            code,
+        },
+    };
+    // Serializing a struct of strings cannot fail; fall back to a fixed body
+    // rather than panic if it ever did.
+    serde_json::to_vec(&body).map_or_else(
+        |_| Bytes::from_static(br#"{"error":{"message":"internal error","type":"server_error","param":null,"code":null}}"#),
+        Bytes::from,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_has_all_four_keys() {
+        let e = GatewayError::ModelNotFound { model: "x".into() };
+        let v: serde_json::Value = serde_json::from_slice(&e.body()).unwrap();
+        let err = &v["error"];
+        assert_eq!(err["type"], "invalid_request_error");
+        assert_eq!(err["code"], "model_not_found");
+        assert_eq!(err["param"], "model");
+        assert!(err["message"].as_str().unwrap().contains("`x`"));
+        assert_eq!(e.status(), 404);
+
+        let e = GatewayError::Internal;
+        let v: serde_json::Value = serde_json::from_slice(&e.body()).unwrap();
+        assert!(v["error"].get("param").unwrap().is_null());
+        assert!(v["error"].get("code").unwrap().is_null());
+    }
+
+    #[test]
+    fn message_is_json_escaped() {
+        let e = GatewayError::ModelNotFound {
+            model: "a\"b\n".into(),
+        };
+        let v: serde_json::Value = serde_json::from_slice(&e.body()).unwrap();
+        assert!(v["error"]["message"].as_str().unwrap().contains("a\"b\n"));
+    }
+}

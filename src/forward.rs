@@ -1,0 +1,453 @@
+//! The exchange with a worker: connect, send the (possibly rewritten) body,
+//! wait for the answer, stream it back to the client.
+//!
+//! Why the gateway drives the upstream exchange itself from `request_filter`
+//! instead of returning a peer to Pingora's proxy loop
+//! (../shared/reference/pingora.md §3):
+//! - Routing needs `model`, which is inside the body, so the whole body is read
+//!   before a worker can be chosen. Pingora only replays a pre-read body from
+//!   its 64 KiB retry buffer (§3.1), so larger chat bodies would hang; the
+//!   subrequest workaround (§3.3) stops watching the client while the worker
+//!   computes the first token, so a client that leaves during a long prefill
+//!   would keep a GPU busy. Here one code path serves every body size.
+//! - While waiting for the worker, the exchange keeps polling the client's
+//!   socket (`read_body_or_idle`, §6): a client that disconnects at any point
+//!   (queued, prefill, mid-stream) makes the gateway drop the upstream
+//!   connection at once, so vLLM aborts the request and frees the GPU
+//!   (vllm.md §5).
+//! - Retries replay the buffered body on another worker, whatever its size,
+//!   and never after the first byte went to the client.
+//! - Each timeout (connect, first token, idle between events, total) is its
+//!   own deadline, and a failure after the answer started is reported in-band
+//!   as an SSE error event, the way vLLM reports in-stream errors.
+//!
+//! Upstream connections still come from Pingora's connector and its pool, and
+//! the client side is Pingora's HTTP/1 session.
+
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use pingora_core::connectors::http::v1::Connector;
+use pingora_core::protocols::http::v1::client::HttpSession as UpstreamSession;
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::Session;
+use tokio::time::{sleep_until, Instant as TokioInstant};
+
+use crate::error::GatewayError;
+use crate::pool::{Reservation, WorkerPool};
+
+/// What the exchange sends upstream.
+pub struct UpstreamRequest {
+    /// Path on the worker, e.g. `/v1/chat/completions`.
+    pub path: &'static str,
+    pub body: Bytes,
+    /// The client asked for an SSE stream.
+    pub stream: bool,
+    pub request_id: Arc<str>,
+    /// How many other workers a failed attempt may move on to.
+    pub max_retries: usize,
+}
+
+/// Sees every body chunk of the answer on its way to the client and decides
+/// what is forwarded (the SSE scanner counts usage and may drop the usage
+/// chunk the gateway asked for on the client's behalf).
+pub trait ResponseTap: Send {
+    /// Called once with the worker's status and whether the answer is SSE.
+    fn on_head(&mut self, _status: u16, _is_sse: bool) {}
+    /// One upstream body chunk in; the bytes to forward out.
+    fn on_chunk(&mut self, chunk: Bytes) -> Bytes {
+        chunk
+    }
+    /// End of the upstream body; anything still held back.
+    fn on_end(&mut self) -> Bytes {
+        Bytes::new()
+    }
+    /// The bytes carried the first generated token (time to first token).
+    fn first_token_seen(&self) -> bool {
+        true
+    }
+}
+
+/// Forwards every byte untouched.
+pub struct PassThrough;
+impl ResponseTap for PassThrough {}
+
+/// How an exchange ended, for metrics and the access log.
+#[derive(Debug, Default)]
+pub struct ExchangeReport {
+    /// Status sent to the client (0 if nothing was sent).
+    pub status: u16,
+    pub worker: Option<Arc<str>>,
+    pub attempts: u32,
+    pub retries: u32,
+    pub first_byte: Option<Instant>,
+    pub first_token: Option<Instant>,
+    pub client_gone: bool,
+    /// A failure after the answer head was sent (reported in-band or by
+    /// closing the connection).
+    pub failed_mid_answer: Option<&'static str>,
+    /// Kinds of upstream failures met along the way (connect, timeout, ...).
+    pub upstream_errors: Vec<&'static str>,
+    pub is_sse: bool,
+}
+
+/// Errors of a single attempt, sorted by whether another worker may be tried.
+enum AttemptError {
+    /// Nothing reached a worker's model (connect failed, stale pooled
+    /// connection, reset before the head, 503 admission refusal): safe to
+    /// replay on another worker.
+    Retryable(&'static str),
+    /// Give up with this answer to the client.
+    Fatal(GatewayError, Option<&'static str>),
+    ClientGone,
+}
+
+/// Headers that describe one hop, not the message (RFC 9110 §7.6.1), and are
+/// never copied from one side to the other.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Request headers the gateway sets itself or must not pass on.
+const REQUEST_DROP: &[&str] = &[
+    "host",
+    "content-length",
+    "expect",
+    "x-request-id",
+    // Client credentials are for the gateway, never for the worker.
+    "authorization",
+    "api-key",
+];
+
+/// Run the exchange. `Err` means nothing was written to the client and the
+/// caller answers with that error; `Ok` means the answer (or what could be
+/// sent of it) went out, with the details in the report.
+pub async fn exchange(
+    session: &mut Session,
+    connector: &Connector,
+    pool: &WorkerPool,
+    req: &UpstreamRequest,
+    tap: &mut dyn ResponseTap,
+    report: &mut ExchangeReport,
+    started: Instant,
+) -> Result<(), GatewayError> {
+    let t = pool.timeouts;
+    let deadline = TokioInstant::from_std(started + t.request);
+    let mut tried: Vec<usize> = Vec::new();
+    let (mut upstream, reservation) = loop {
+        let Some(reservation) = pool.pick(&tried) else {
+            return Err(if tried.is_empty() {
+                GatewayError::NoHealthyWorker {
+                    model: pool.model.to_string(),
+                }
+            } else {
+                GatewayError::UpstreamUnavailable {
+                    model: pool.model.to_string(),
+                }
+            });
+        };
+        report.attempts += 1;
+        report.worker = Some(Arc::clone(&reservation.worker.url));
+        match attempt(session, connector, pool, req, &reservation, deadline).await {
+            Ok(up) => break (up, reservation),
+            Err(AttemptError::ClientGone) => {
+                report.client_gone = true;
+                return Ok(());
+            }
+            Err(AttemptError::Fatal(e, kind)) => {
+                if let Some(kind) = kind {
+                    report.upstream_errors.push(kind);
+                }
+                return Err(e);
+            }
+            Err(AttemptError::Retryable(kind)) => {
+                report.upstream_errors.push(kind);
+                if kind == "connect" {
+                    // Passive health: a worker that refuses connections is
+                    // taken out until an active check sees it answer again.
+                    reservation.worker.set_healthy(false);
+                }
+                tried.push(reservation.index);
+                if tried.len() > req.max_retries {
+                    return Err(GatewayError::UpstreamUnavailable {
+                        model: pool.model.to_string(),
+                    });
+                }
+                report.retries += 1;
+            }
+        }
+    };
+
+    // The answer head. From here on nothing is retried: bytes reach the client.
+    let Some(head) = upstream.resp_header() else {
+        return Err(GatewayError::UpstreamProtocol {
+            model: pool.model.to_string(),
+        });
+    };
+    let status = head.status.as_u16();
+    let is_sse = head
+        .headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.trim_start().starts_with("text/event-stream"));
+    report.is_sse = is_sse;
+    tap.on_head(status, is_sse);
+    let client_head = client_response_head(head, &req.request_id, is_sse)?;
+    if session
+        .write_response_header(Box::new(client_head), false)
+        .await
+        .is_err()
+    {
+        report.client_gone = true;
+        return Ok(());
+    }
+    report.status = status;
+    report.first_byte = Some(Instant::now());
+
+    let idle = t.idle;
+    let mut idle_sleep = pin!(tokio::time::sleep(idle));
+    let mut total_sleep = pin!(sleep_until(deadline));
+    loop {
+        tokio::select! {
+            biased;
+            read = upstream.read_body_bytes() => match read {
+                Ok(Some(chunk)) => {
+                    idle_sleep.as_mut().reset(TokioInstant::now() + idle);
+                    let out = tap.on_chunk(chunk);
+                    if report.first_token.is_none() && tap.first_token_seen() {
+                        report.first_token = Some(Instant::now());
+                    }
+                    if !out.is_empty() && session.write_response_body(Some(out), false).await.is_err() {
+                        report.client_gone = true;
+                        return Ok(());
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let kind = if e.etype() == &pingora_error::ErrorType::ReadTimedout { "timeout" } else { "reset" };
+                    fail_mid_answer(session, tap, report, is_sse, kind,
+                        "The worker stopped sending the answer before it was complete.").await;
+                    return Ok(());
+                }
+            },
+            gone = session.as_downstream_mut().read_body_or_idle(true) => {
+                // `Ok` would mean more request bytes (not expected); treat
+                // anything here as the client going away.
+                let _ = gone;
+                report.client_gone = true;
+                return Ok(());
+            }
+            () = &mut idle_sleep => {
+                fail_mid_answer(session, tap, report, is_sse, "timeout",
+                    "The worker went silent in the middle of the answer.").await;
+                return Ok(());
+            }
+            () = &mut total_sleep => {
+                fail_mid_answer(session, tap, report, is_sse, "timeout",
+                    "The answer took longer than the gateway's request timeout.").await;
+                return Ok(());
+            }
+        }
+    }
+
+    let rest = tap.on_end();
+    let finished = if rest.is_empty() {
+        session.write_response_body(None, true).await
+    } else {
+        session.write_response_body(Some(rest), true).await
+    };
+    if finished.is_err() {
+        report.client_gone = true;
+        return Ok(());
+    }
+    // The whole answer was read: the connection can serve the next request.
+    let peer = &pool.members[reservation.index].peer;
+    connector
+        .release_http_session(upstream, peer, Some(t.keepalive_idle))
+        .await;
+    drop(reservation);
+    Ok(())
+}
+
+/// One try on one worker: connect, send, wait for the head.
+async fn attempt(
+    session: &mut Session,
+    connector: &Connector,
+    pool: &WorkerPool,
+    req: &UpstreamRequest,
+    reservation: &Reservation,
+    deadline: TokioInstant,
+) -> Result<UpstreamSession, AttemptError> {
+    let t = pool.timeouts;
+    let member = &pool.members[reservation.index];
+    let model = || pool.model.to_string();
+
+    let connected = tokio::select! {
+        biased;
+        r = tokio::time::timeout(t.connect, connector.get_http_session(&member.peer)) => r,
+        _ = session.as_downstream_mut().read_body_or_idle(true) => return Err(AttemptError::ClientGone),
+        () = sleep_until(deadline) => return Err(AttemptError::Fatal(
+            GatewayError::UpstreamTimeout { model: model(), phase: "request timeout" }, Some("timeout"))),
+    };
+    let (mut up, reused) = match connected {
+        Ok(Ok(pair)) => pair,
+        Ok(Err(_)) | Err(_) => return Err(AttemptError::Retryable("connect")),
+    };
+
+    let header = upstream_request_head(session.req_header(), req, &reservation.worker.url);
+    let sent = async {
+        up.write_request_header(Box::new(header?)).await.ok()?;
+        up.write_body(&req.body).await.ok()?;
+        up.finish_body().await.ok()?;
+        Some(())
+    };
+    let sent = tokio::select! {
+        biased;
+        r = sent => r,
+        _ = session.as_downstream_mut().read_body_or_idle(true) => return Err(AttemptError::ClientGone),
+        () = sleep_until(deadline) => return Err(AttemptError::Fatal(
+            GatewayError::UpstreamTimeout { model: model(), phase: "request timeout" }, Some("timeout"))),
+    };
+    if sent.is_none() {
+        // A pooled connection the worker closed meanwhile, or a worker that
+        // died after accepting: the request never reached the model.
+        return Err(AttemptError::Retryable(if reused {
+            "stale_connection"
+        } else {
+            "reset"
+        }));
+    }
+
+    // Non-streaming answers have no head before generation ends, so only the
+    // total deadline bounds them; a stream's head and first event must come
+    // within the first-token timeout.
+    let head_deadline = if req.stream {
+        deadline.min(TokioInstant::now() + t.first_token)
+    } else {
+        deadline
+    };
+    let head = tokio::select! {
+        biased;
+        r = up.read_response() => r,
+        _ = session.as_downstream_mut().read_body_or_idle(true) => return Err(AttemptError::ClientGone),
+        () = sleep_until(head_deadline) => return Err(AttemptError::Fatal(
+            GatewayError::UpstreamTimeout { model: model(), phase: if req.stream { "first token" } else { "request timeout" } },
+            Some("timeout"))),
+    };
+    if head.is_err() {
+        // Reset before the response head: nothing was answered, so another
+        // worker may take the request.
+        return Err(AttemptError::Retryable(if reused {
+            "stale_connection"
+        } else {
+            "reset"
+        }));
+    }
+    let status = up.get_status().map_or(0, |s| s.as_u16());
+    if status == 503 {
+        // vLLM's admission limit answers 503 precisely so that a balancer
+        // retries elsewhere (vllm.md §8).
+        return Err(AttemptError::Retryable("status_503"));
+    }
+    Ok(up)
+}
+
+fn upstream_request_head(
+    client: &RequestHeader,
+    req: &UpstreamRequest,
+    worker_url: &str,
+) -> Option<RequestHeader> {
+    let mut h =
+        RequestHeader::build_no_case("POST", req.path.as_bytes(), Some(client.headers.len() + 4))
+            .ok()?;
+    for (name, value) in client.headers.iter() {
+        let n = name.as_str();
+        if HOP_BY_HOP.contains(&n) || REQUEST_DROP.contains(&n) {
+            continue;
+        }
+        h.append_header(name.clone(), value.clone()).ok()?;
+    }
+    let host = worker_url.strip_prefix("http://").unwrap_or(worker_url);
+    h.insert_header("host", host).ok()?;
+    h.insert_header("content-length", req.body.len().to_string())
+        .ok()?;
+    h.insert_header("x-request-id", &*req.request_id).ok()?;
+    Some(h)
+}
+
+fn client_response_head(
+    upstream: &ResponseHeader,
+    request_id: &str,
+    is_sse: bool,
+) -> Result<ResponseHeader, GatewayError> {
+    let mut h = ResponseHeader::build_no_case(upstream.status, Some(upstream.headers.len() + 4))
+        .map_err(|_| GatewayError::Internal)?;
+    for (name, value) in upstream.headers.iter() {
+        let n = name.as_str();
+        if HOP_BY_HOP.contains(&n) || n == "x-request-id" || (is_sse && n == "content-length") {
+            continue;
+        }
+        h.append_header(name.clone(), value.clone())
+            .map_err(|_| GatewayError::Internal)?;
+    }
+    h.insert_header("x-request-id", request_id)
+        .map_err(|_| GatewayError::Internal)?;
+    if is_sse {
+        // Tell any proxy in front of us (nginx honours this) not to buffer
+        // the stream either; each event must reach the client as it is made.
+        h.insert_header("x-accel-buffering", "no")
+            .map_err(|_| GatewayError::Internal)?;
+        h.insert_header("cache-control", "no-cache")
+            .map_err(|_| GatewayError::Internal)?;
+    }
+    Ok(h)
+}
+
+/// The answer broke after its head went out. An SSE client gets an in-band
+/// error event and `[DONE]`, which the official SDKs raise as an `APIError`
+/// (chat-completions.md §4); any other answer can only be cut, by closing the
+/// connection, so the client sees a truncated body rather than a wrong one.
+async fn fail_mid_answer(
+    session: &mut Session,
+    tap: &mut dyn ResponseTap,
+    report: &mut ExchangeReport,
+    is_sse: bool,
+    kind: &'static str,
+    message: &str,
+) {
+    report.failed_mid_answer = Some(kind);
+    report.upstream_errors.push(kind);
+    session.set_keepalive(None);
+    if is_sse {
+        let held = tap.on_end();
+        let mut out = Vec::with_capacity(held.len() + 160);
+        out.extend_from_slice(&held);
+        out.extend_from_slice(&in_band_error(message));
+        let _ = session
+            .write_response_body(Some(Bytes::from(out)), true)
+            .await;
+    } else {
+        session.as_downstream_mut().shutdown().await;
+    }
+}
+
+/// `data: {"error":{...}}` then `data: [DONE]`.
+fn in_band_error(message: &str) -> Vec<u8> {
+    let body = crate::error::render(message, "server_error", None, Some("upstream_error"));
+    let mut out = Vec::with_capacity(body.len() + 24);
+    // A blank line first ends any event the worker left half-written.
+    out.extend_from_slice(b"\n\ndata: ");
+    out.extend_from_slice(&body);
+    out.extend_from_slice(b"\n\ndata: [DONE]\n\n");
+    out
+}

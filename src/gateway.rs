@@ -1,0 +1,214 @@
+//! Assembles a running gateway: listeners bound up front, the Pingora server
+//! with its services, and a handle to stop it. `serve`, `demo` and the
+//! integration tests all start the gateway through [`start`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::{RunArgs, Server, ShutdownWatch};
+use pingora_core::services::background::{background_service, BackgroundService};
+use tokio::sync::watch;
+
+use crate::admin::AdminApp;
+use crate::config::Config;
+use crate::listener::{self, ConnectionSettings, Listener};
+use crate::metrics::Metrics;
+use crate::pool::health;
+use crate::proxy::Gateway;
+use crate::shutdown::{DrainingShutdown, ShutdownKind, ShutdownTrigger};
+use crate::state::Shared;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{key}: cannot listen on {addr}: {source}")]
+    Bind {
+        key: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot set up metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("cannot start the server thread: {0}")]
+    Thread(std::io::Error),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct StartOptions {
+    /// React to SIGTERM/SIGINT/SIGQUIT (the binary); embedded gateways
+    /// (tests, several per process) leave this off.
+    pub os_signals: bool,
+}
+
+/// A running gateway.
+pub struct GatewayHandle {
+    pub public_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    shared: Arc<Shared>,
+    trigger: ShutdownTrigger,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl GatewayHandle {
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.public_addr)
+    }
+
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.admin_addr)
+    }
+
+    /// Ask for a graceful shutdown (as SIGTERM) without waiting for it.
+    pub fn begin_drain(&self) {
+        self.trigger.trigger(ShutdownKind::Graceful);
+    }
+
+    /// Stop now and wait until the server has stopped.
+    pub fn shutdown(mut self) {
+        self.trigger.trigger(ShutdownKind::Fast);
+        self.join_thread();
+    }
+
+    /// Wait until the server stops (after a signal or [`Self::begin_drain`]).
+    pub fn wait(mut self) {
+        self.join_thread();
+    }
+
+    fn join_thread(&mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for GatewayHandle {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            self.trigger.trigger(ShutdownKind::Fast);
+            self.join_thread();
+        }
+    }
+}
+
+/// Start a gateway for `config` on its own threads.
+pub fn start(config: Config, options: StartOptions) -> Result<GatewayHandle, StartError> {
+    let public = bind("server.listen", config.server.listen)?;
+    let admin = bind("server.admin_listen", config.server.admin_listen)?;
+    let public_addr = local_addr("server.listen", &public, config.server.listen)?;
+    let admin_addr = local_addr("server.admin_listen", &admin, config.server.admin_listen)?;
+
+    let threads = config.server.threads;
+    let grace = config.server.shutdown_grace;
+    let shared = Arc::new(Shared::new(config, Metrics::new()?));
+
+    let conf = ServerConf {
+        threads,
+        // The gateway drains before telling Pingora to stop (see
+        // shutdown.rs), so Pingora itself must not sleep another grace period;
+        // it only gives the runtimes a moment to unwind.
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (_never_tx, never_rx) = watch::channel(false);
+    let settings = ConnectionSettings {
+        keepalive_idle_secs: 60,
+    };
+    let proxy = Arc::new(pingora_proxy::http_proxy(
+        &server.configuration,
+        Gateway::new(Arc::clone(&shared)),
+    ));
+    server.add_service(Listener::new(
+        "public", public, proxy, threads, settings, stop_rx,
+    ));
+    // The admin listener keeps answering while the gateway drains: /readyz
+    // reporting "draining" is what takes the replica out of rotation.
+    server.add_service(Listener::new(
+        "admin",
+        admin,
+        Arc::new(AdminApp::new(Arc::clone(&shared))),
+        1,
+        settings,
+        never_rx,
+    ));
+    server.add_service(background_service(
+        "health",
+        HealthChecks {
+            shared: Arc::clone(&shared),
+        },
+    ));
+
+    let (trigger, requests) = ShutdownTrigger::new();
+    let watch = DrainingShutdown {
+        shared: Arc::clone(&shared),
+        stop_accepting: stop_tx,
+        grace,
+        requests,
+        os_signals: options.os_signals,
+    };
+    let thread = std::thread::Builder::new()
+        .name("gateway".into())
+        .spawn(move || {
+            // Keep the admin stop-sender alive as long as the server runs.
+            let _never_tx = _never_tx;
+            server.run(RunArgs {
+                shutdown_signal: Box::new(watch),
+            });
+        })
+        .map_err(StartError::Thread)?;
+
+    Ok(GatewayHandle {
+        public_addr,
+        admin_addr,
+        shared,
+        trigger,
+        thread: Some(thread),
+    })
+}
+
+fn bind(key: &'static str, addr: SocketAddr) -> Result<std::net::TcpListener, StartError> {
+    listener::bind(addr).map_err(|source| StartError::Bind { key, addr, source })
+}
+
+fn local_addr(
+    key: &'static str,
+    l: &std::net::TcpListener,
+    addr: SocketAddr,
+) -> Result<SocketAddr, StartError> {
+    l.local_addr()
+        .map_err(|source| StartError::Bind { key, addr, source })
+}
+
+/// Active health checks on an interval, until shutdown.
+struct HealthChecks {
+    shared: Arc<Shared>,
+}
+
+/// How often workers are probed, and how long a probe may take.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[async_trait]
+impl BackgroundService for HealthChecks {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(HEALTH_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => health::check_all(&self.shared, HEALTH_TIMEOUT).await,
+                r = shutdown.changed() => if r.is_err() || *shutdown.borrow() { return },
+            }
+        }
+    }
+}
