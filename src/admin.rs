@@ -55,6 +55,7 @@ impl ServeHttp for AdminApp {
         }
         match path.as_str() {
             "/metrics" => {
+                self.shared.metrics.refresh_workers(&self.shared.snapshot());
                 let body = self.shared.metrics.encode();
                 build(
                     StatusCode::OK,

@@ -16,7 +16,7 @@ pub fn serve(path: &Path) -> ExitCode {
         }
     };
     let models: Vec<String> = config.models.iter().map(|m| m.name.clone()).collect();
-    let handle = match gateway::start(config, StartOptions { os_signals: true }) {
+    let handle = match gateway::start(config, StartOptions::process()) {
         Ok(h) => h,
         Err(e) => {
             eprintln!("cannot start: {e}");

@@ -36,7 +36,7 @@ use pingora_proxy::Session;
 use tokio::time::{sleep_until, Instant as TokioInstant};
 
 use crate::error::GatewayError;
-use crate::pool::{Reservation, WorkerPool};
+use crate::pool::{PickReason, Reservation, WorkerPool};
 
 /// What the exchange sends upstream.
 pub struct UpstreamRequest {
@@ -46,8 +46,8 @@ pub struct UpstreamRequest {
     /// The client asked for an SSE stream.
     pub stream: bool,
     pub request_id: Arc<str>,
-    /// How many other workers a failed attempt may move on to.
-    pub max_retries: usize,
+    /// Hash of the prompt's leading part, for prefix-affinity routing.
+    pub prefix_key: Option<u64>,
 }
 
 /// Sees every body chunk of the answer on its way to the client and decides
@@ -90,6 +90,8 @@ pub struct ExchangeReport {
     pub failed_mid_answer: Option<&'static str>,
     /// Kinds of upstream failures met along the way (connect, timeout, ...).
     pub upstream_errors: Vec<&'static str>,
+    /// Why each attempt's worker was chosen.
+    pub picks: Vec<PickReason>,
     pub is_sse: bool,
 }
 
@@ -145,7 +147,7 @@ pub async fn exchange(
     let deadline = TokioInstant::from_std(started + t.request);
     let mut tried: Vec<usize> = Vec::new();
     let (mut upstream, reservation) = loop {
-        let Some(reservation) = pool.pick(&tried) else {
+        let Some((reservation, reason)) = pool.pick(&tried, req.prefix_key) else {
             return Err(if tried.is_empty() {
                 GatewayError::NoHealthyWorker {
                     model: pool.model.to_string(),
@@ -157,6 +159,7 @@ pub async fn exchange(
             });
         };
         report.attempts += 1;
+        report.picks.push(reason);
         report.worker = Some(Arc::clone(&reservation.worker.url));
         match attempt(session, connector, pool, req, &reservation, deadline).await {
             Ok(up) => break (up, reservation),
@@ -167,18 +170,23 @@ pub async fn exchange(
             Err(AttemptError::Fatal(e, kind)) => {
                 if let Some(kind) = kind {
                     report.upstream_errors.push(kind);
+                    reservation.worker.record_failure(&pool.policy.breaker);
                 }
                 return Err(e);
             }
             Err(AttemptError::Retryable(kind)) => {
                 report.upstream_errors.push(kind);
-                if kind == "connect" {
-                    // Passive health: a worker that refuses connections is
-                    // taken out until an active check sees it answer again.
-                    reservation.worker.set_healthy(false);
+                // A stale pooled connection says nothing about the worker;
+                // anything else counts against it (passive health).
+                if kind != "stale_connection" {
+                    reservation.worker.record_failure(&pool.policy.breaker);
                 }
-                tried.push(reservation.index);
-                if tried.len() > req.max_retries {
+                // A stale connection is retried on the same worker first
+                // (its next connection is likely fine); other failures move on.
+                if kind != "stale_connection" || report.retries > 0 {
+                    tried.push(reservation.index);
+                }
+                if report.retries >= pool.policy.max_retries {
                     return Err(GatewayError::UpstreamUnavailable {
                         model: pool.model.to_string(),
                     });
@@ -213,6 +221,10 @@ pub async fn exchange(
     }
     report.status = status;
     report.first_byte = Some(Instant::now());
+    if status >= 500 {
+        // The worker's own error goes to the client, and counts against it.
+        reservation.worker.record_failure(&pool.policy.breaker);
+    }
 
     let idle = t.idle;
     let mut idle_sleep = pin!(tokio::time::sleep(idle));
@@ -235,6 +247,7 @@ pub async fn exchange(
                 Ok(None) => break,
                 Err(e) => {
                     let kind = if e.etype() == &pingora_error::ErrorType::ReadTimedout { "timeout" } else { "reset" };
+                    reservation.worker.record_failure(&pool.policy.breaker);
                     fail_mid_answer(session, tap, report, is_sse, kind,
                         "The worker stopped sending the answer before it was complete.").await;
                     return Ok(());
@@ -248,6 +261,7 @@ pub async fn exchange(
                 return Ok(());
             }
             () = &mut idle_sleep => {
+                reservation.worker.record_failure(&pool.policy.breaker);
                 fail_mid_answer(session, tap, report, is_sse, "timeout",
                     "The worker went silent in the middle of the answer.").await;
                 return Ok(());
@@ -269,6 +283,9 @@ pub async fn exchange(
     if finished.is_err() {
         report.client_gone = true;
         return Ok(());
+    }
+    if status < 500 {
+        reservation.worker.record_success();
     }
     // The whole answer was read: the connection can serve the next request.
     let peer = &pool.members[reservation.index].peer;

@@ -5,7 +5,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora_core::server::configuration::ServerConf;
@@ -17,6 +16,7 @@ use crate::admin::AdminApp;
 use crate::config::Config;
 use crate::listener::{self, ConnectionSettings, Listener};
 use crate::metrics::Metrics;
+use crate::pool::discovery::{self, Resolver, SystemResolver};
 use crate::pool::health;
 use crate::proxy::Gateway;
 use crate::shutdown::{DrainingShutdown, ShutdownKind, ShutdownTrigger};
@@ -37,11 +37,31 @@ pub enum StartError {
     Thread(std::io::Error),
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct StartOptions {
     /// React to SIGTERM/SIGINT/SIGQUIT (the binary); embedded gateways
     /// (tests, several per process) leave this off.
     pub os_signals: bool,
+    /// Resolves `discovery = "dns"` names (the system resolver by default).
+    pub resolver: Arc<dyn Resolver>,
+}
+
+impl StartOptions {
+    /// The binary's options: OS signals and the system resolver.
+    pub fn process() -> StartOptions {
+        StartOptions {
+            os_signals: true,
+            resolver: Arc::new(SystemResolver),
+        }
+    }
+
+    /// An embedded gateway (tests): no OS signals.
+    pub fn embedded() -> StartOptions {
+        StartOptions {
+            os_signals: false,
+            resolver: Arc::new(SystemResolver),
+        }
+    }
 }
 
 /// A running gateway.
@@ -143,9 +163,10 @@ pub fn start(config: Config, options: StartOptions) -> Result<GatewayHandle, Sta
         never_rx,
     ));
     server.add_service(background_service(
-        "health",
-        HealthChecks {
+        "pool",
+        PoolTasks {
             shared: Arc::clone(&shared),
+            resolver: Arc::clone(&options.resolver),
         },
     ));
 
@@ -190,25 +211,22 @@ fn local_addr(
         .map_err(|source| StartError::Bind { key, addr, source })
 }
 
-/// Active health checks on an interval, until shutdown.
-struct HealthChecks {
+/// The pools' background work: health checks, load polling, DNS discovery.
+struct PoolTasks {
     shared: Arc<Shared>,
+    resolver: Arc<dyn Resolver>,
 }
 
-/// How often workers are probed, and how long a probe may take.
-const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
-const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
-
 #[async_trait]
-impl BackgroundService for HealthChecks {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut tick = tokio::time::interval(HEALTH_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => health::check_all(&self.shared, HEALTH_TIMEOUT).await,
-                r = shutdown.changed() => if r.is_err() || *shutdown.borrow() { return },
-            }
-        }
+impl BackgroundService for PoolTasks {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        tokio::join!(
+            health::run(Arc::clone(&self.shared), shutdown.clone()),
+            discovery::run(
+                Arc::clone(&self.shared),
+                Arc::clone(&self.resolver),
+                shutdown
+            ),
+        );
     }
 }

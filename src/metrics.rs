@@ -6,6 +6,8 @@
 //! `unknown`), configured worker URLs, key names, status classes and fixed
 //! enums. Never a raw path, a parameter or a key.
 
+use crate::pool::WorkerState;
+use crate::state::Snapshot;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
@@ -30,8 +32,11 @@ pub struct Metrics {
     pub time_to_first_token: HistogramVec,
     pub worker_in_flight: IntGaugeVec,
     pub worker_healthy: IntGaugeVec,
+    pub worker_state: IntGaugeVec,
     pub upstream_errors: IntCounterVec,
     pub client_disconnects: IntCounterVec,
+    pub routing_decisions: IntCounterVec,
+    pub retries: IntCounterVec,
 }
 
 impl Metrics {
@@ -76,6 +81,27 @@ impl Metrics {
             ),
             &["model", "worker"],
         )?;
+        let worker_state = IntGaugeVec::new(
+            Opts::new(
+                "vllm_gateway_worker_state",
+                "1 for each worker's current state (healthy, unhealthy, ejected, half_open), per model.",
+            ),
+            &["model", "worker", "state"],
+        )?;
+        let routing_decisions = IntCounterVec::new(
+            Opts::new(
+                "vllm_gateway_routing_decisions_total",
+                "Worker picks, by reason: least_loaded, affinity_hit, affinity_spill, retry.",
+            ),
+            &["model", "reason"],
+        )?;
+        let retries = IntCounterVec::new(
+            Opts::new(
+                "vllm_gateway_retries_total",
+                "Requests sent again to another worker after a failed attempt.",
+            ),
+            &["model"],
+        )?;
         let upstream_errors = IntCounterVec::new(
             Opts::new(
                 "vllm_gateway_upstream_errors_total",
@@ -95,6 +121,9 @@ impl Metrics {
         registry.register(Box::new(time_to_first_token.clone()))?;
         registry.register(Box::new(worker_in_flight.clone()))?;
         registry.register(Box::new(worker_healthy.clone()))?;
+        registry.register(Box::new(worker_state.clone()))?;
+        registry.register(Box::new(routing_decisions.clone()))?;
+        registry.register(Box::new(retries.clone()))?;
         registry.register(Box::new(upstream_errors.clone()))?;
         registry.register(Box::new(client_disconnects.clone()))?;
         Ok(Metrics {
@@ -104,9 +133,43 @@ impl Metrics {
             time_to_first_token,
             worker_in_flight,
             worker_healthy,
+            worker_state,
             upstream_errors,
             client_disconnects,
+            routing_decisions,
+            retries,
         })
+    }
+
+    /// Set the per-worker gauges from the live pools. Called on every scrape,
+    /// so gauges of workers that left (reload, discovery) disappear.
+    pub fn refresh_workers(&self, snapshot: &Snapshot) {
+        self.worker_in_flight.reset();
+        self.worker_healthy.reset();
+        self.worker_state.reset();
+        for pool in snapshot.pools() {
+            for m in &pool.members {
+                let w = &m.worker;
+                let url = &*w.url;
+                self.worker_in_flight
+                    .with_label_values(&[url])
+                    .set(i64::from(w.in_flight()));
+                let state = w.state();
+                self.worker_healthy
+                    .with_label_values(&[&*pool.model, url])
+                    .set(i64::from(state == WorkerState::Healthy));
+                for s in [
+                    WorkerState::Healthy,
+                    WorkerState::Unhealthy,
+                    WorkerState::Ejected,
+                    WorkerState::HalfOpen,
+                ] {
+                    self.worker_state
+                        .with_label_values(&[&*pool.model, url, s.label()])
+                        .set(i64::from(state == s));
+                }
+            }
+        }
     }
 
     /// The Prometheus text exposition of every metric.

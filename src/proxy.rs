@@ -183,12 +183,23 @@ impl ProxyHttp for Gateway {
         if ctx.report.client_gone {
             m.client_disconnects.with_label_values(&[&*ctx.model]).inc();
         }
+        for reason in &ctx.report.picks {
+            m.routing_decisions
+                .with_label_values(&[&*ctx.model, reason.label()])
+                .inc();
+        }
+        if ctx.report.retries > 0 {
+            m.retries
+                .with_label_values(&[&*ctx.model])
+                .inc_by(u64::from(ctx.report.retries));
+        }
         tracing::info!(
             target: "access",
             request_id = %ctx.request_id,
             endpoint,
             model = %ctx.model,
             worker = ctx.report.worker.as_deref().unwrap_or("-"),
+            routing = ctx.report.picks.first().map_or("-", |r| r.label()),
             status,
             duration_ms = ms(elapsed),
             ttft_ms = ttft.map(ms),
@@ -310,7 +321,7 @@ impl Gateway {
             body,
             stream,
             request_id: Arc::clone(&ctx.request_id),
-            max_retries: 2,
+            prefix_key: None,
         };
         let mut tap = PassThrough;
         forward::exchange(

@@ -17,9 +17,14 @@ use pingora_core::connectors::http::v1::Connector;
 use pingora_core::connectors::ConnectorOptions;
 use tokio::sync::Notify;
 
-use crate::config::Config;
+use std::sync::Mutex;
+
+use crate::config::{Config, DiscoverySource, WorkerSpec};
 use crate::metrics::Metrics;
 use crate::pool::{WorkerPool, WorkerRegistry};
+
+/// Workers found by discovery, per model.
+pub type Discovered = HashMap<String, Vec<WorkerSpec>>;
 
 /// An immutable view of one configuration generation.
 pub struct Snapshot {
@@ -28,16 +33,30 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub fn build(config: Config, registry: &WorkerRegistry) -> Snapshot {
+    /// Derive pools from `config`; DNS-discovered models take the workers
+    /// discovery last found, so a reload does not empty them.
+    pub fn build(
+        config: Arc<Config>,
+        registry: &WorkerRegistry,
+        discovered: &Discovered,
+    ) -> Snapshot {
         let pools = config
             .models
             .iter()
-            .map(|m| (m.name.clone(), Arc::new(WorkerPool::new(m, registry))))
+            .map(|m| {
+                let pool = match &m.discovery {
+                    DiscoverySource::Static => WorkerPool::new(m, registry),
+                    DiscoverySource::Dns { .. } => WorkerPool::with_workers(
+                        m,
+                        discovered.get(&m.name).map_or(&[][..], Vec::as_slice),
+                        registry,
+                        true,
+                    ),
+                };
+                (m.name.clone(), Arc::new(pool))
+            })
             .collect();
-        Snapshot {
-            config: Arc::new(config),
-            pools,
-        }
+        Snapshot { config, pools }
     }
 
     pub fn pool(&self, model: &str) -> Option<&Arc<WorkerPool>> {
@@ -59,13 +78,15 @@ pub struct Shared {
     pub connector: Connector,
     pub registry: WorkerRegistry,
     snapshot: ArcSwap<Snapshot>,
+    /// Workers discovery found; only touched by discovery and reloads.
+    discovered: Mutex<Discovered>,
     pub drain: Arc<Drain>,
 }
 
 impl Shared {
     pub fn new(config: Config, metrics: Metrics) -> Shared {
         let registry = WorkerRegistry::default();
-        let snapshot = Snapshot::build(config, &registry);
+        let snapshot = Snapshot::build(Arc::new(config), &registry, &Discovered::new());
         let options = ConnectorOptions {
             // One global LRU pool of idle upstream connections; large enough
             // for every worker to keep a healthy set of warm connections.
@@ -77,6 +98,7 @@ impl Shared {
             connector: Connector::new(Some(options)),
             registry,
             snapshot: ArcSwap::from_pointee(snapshot),
+            discovered: Mutex::new(Discovered::new()),
             drain: Arc::new(Drain::default()),
         }
     }
@@ -88,9 +110,36 @@ impl Shared {
 
     /// Swap in a new configuration generation built from `config`.
     pub fn install(&self, config: Config) -> Arc<Snapshot> {
-        let snapshot = Arc::new(Snapshot::build(config, &self.registry));
+        let empty = Discovered::new();
+        let guard = self.discovered.lock();
+        let discovered = guard.as_deref().unwrap_or(&empty);
+        // Models no longer discovered through DNS are built from their static
+        // list; stale discovered entries are harmless (unused).
+        let snapshot = Arc::new(Snapshot::build(
+            Arc::new(config),
+            &self.registry,
+            discovered,
+        ));
         self.snapshot.store(Arc::clone(&snapshot));
         snapshot
+    }
+
+    /// Record the workers discovery found for `model` and rebuild the pools
+    /// if they changed. Returns whether they changed.
+    pub fn set_discovered(&self, model: &str, workers: Vec<WorkerSpec>) -> bool {
+        let Ok(mut discovered) = self.discovered.lock() else {
+            return false;
+        };
+        if discovered.get(model) == Some(&workers) {
+            return false;
+        }
+        discovered.insert(model.to_string(), workers);
+        // Same configuration, new worker set: only pools change. Holding the
+        // discovery lock orders this against a concurrent reload.
+        let config = Arc::clone(&self.snapshot.load().config);
+        let snapshot = Snapshot::build(config, &self.registry, &discovered);
+        self.snapshot.store(Arc::new(snapshot));
+        true
     }
 }
 

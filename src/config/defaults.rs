@@ -21,3 +21,20 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const FIRST_TOKEN_TIMEOUT: Duration = Duration::from_secs(60);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
+
+// Pools (issue: routing, health, retries, discovery).
+pub const AFFINITY_MAX_IMBALANCE: f64 = 1.25;
+/// Bytes of the leading prompt (system prompt and first messages) hashed for
+/// prefix affinity: enough to tell tenants' system prompts apart, small enough
+/// that the conversation's tail does not change the key.
+pub const AFFINITY_PREFIX_BYTES: usize = 4096;
+pub const LOAD_POLL_INTERVAL: Duration = Duration::from_secs(1);
+pub const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+pub const UNHEALTHY_AFTER: u32 = 2;
+pub const HEALTHY_AFTER: u32 = 2;
+pub const MAX_RETRIES: u32 = 2;
+pub const FAILURES_TO_EJECT: u32 = 3;
+pub const EJECTION_BASE: Duration = Duration::from_secs(5);
+pub const EJECTION_MAX: Duration = Duration::from_secs(120);
+pub const DNS_INTERVAL: Duration = Duration::from_secs(10);

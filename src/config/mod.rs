@@ -15,6 +15,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use raw::{Discovery, Routing};
 use raw::{RawConfig, RawModel, RawServer};
 
 /// One problem in a configuration file.
@@ -88,8 +89,58 @@ pub struct ServerConfig {
 #[derive(Debug, Clone)]
 pub struct ModelConfig {
     pub name: String,
+    /// Static workers (empty when discovered through DNS).
     pub workers: Vec<WorkerSpec>,
     pub timeouts: UpstreamTimeouts,
+    pub pool: PoolPolicy,
+    pub health: HealthPolicy,
+    pub discovery: DiscoverySource,
+}
+
+/// How the pool routes and retries.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PoolPolicy {
+    pub routing: Routing,
+    pub affinity_max_imbalance: f64,
+    pub affinity_prefix_bytes: usize,
+    /// Skip a worker whose own queue (`vllm:num_requests_waiting`) is this
+    /// deep while others have room.
+    pub max_waiting: Option<u32>,
+    pub max_retries: u32,
+    pub breaker: BreakerPolicy,
+}
+
+/// Circuit breaker over request outcomes (passive health).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BreakerPolicy {
+    /// Consecutive request failures (connect errors, resets, timeouts, 5xx)
+    /// that eject a worker.
+    pub failures_to_eject: u32,
+    /// First ejection; each further ejection doubles it.
+    pub base_ejection: Duration,
+    pub max_ejection: Duration,
+}
+
+/// Active checks and load polling.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HealthPolicy {
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub unhealthy_after: u32,
+    pub healthy_after: u32,
+    pub load_poll_interval: Duration,
+}
+
+/// Where a pool's workers come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiscoverySource {
+    Static,
+    /// Re-resolve `name` every `interval`; every address is a worker on `port`.
+    Dns {
+        name: String,
+        port: u16,
+        interval: Duration,
+    },
 }
 
 /// One vLLM worker as configured: its normalized URL (the identity used in
@@ -248,7 +299,8 @@ fn server_from_raw(raw: RawServer, issues: &mut Issues) -> Option<ServerConfig> 
 }
 
 fn model_from_raw(key: &str, raw: RawModel, issues: &mut Issues) -> Option<ModelConfig> {
-    let name = match raw.name {
+    let discovery = discovery_from_raw(key, &raw, issues);
+    let name = match raw.name.clone() {
         Some(n) if !n.trim().is_empty() => Some(n),
         Some(_) => {
             issues.push(format!("{key}.name"), "must not be empty");
@@ -259,10 +311,16 @@ fn model_from_raw(key: &str, raw: RawModel, issues: &mut Issues) -> Option<Model
             None
         }
     };
-    if raw.workers.is_empty() {
+    if raw.workers.is_empty() && discovery == DiscoverySource::Static {
         issues.push(
             format!("{key}.workers"),
             "at least one worker URL is required",
+        );
+    }
+    if !raw.workers.is_empty() && discovery != DiscoverySource::Static {
+        issues.push(
+            format!("{key}.workers"),
+            "must be empty with discovery = \"dns\" (workers come from dns_name)",
         );
     }
     let mut workers = Vec::with_capacity(raw.workers.len());
@@ -310,11 +368,163 @@ fn model_from_raw(key: &str, raw: RawModel, issues: &mut Issues) -> Option<Model
             issues,
         ),
     };
+    let pool = PoolPolicy {
+        routing: raw.routing.unwrap_or_default(),
+        affinity_max_imbalance: match raw.affinity_max_imbalance {
+            None => defaults::AFFINITY_MAX_IMBALANCE,
+            Some(x) if x.is_finite() && x >= 1.0 => x,
+            Some(_) => {
+                issues.push(
+                    format!("{key}.affinity_max_imbalance"),
+                    "must be a number >= 1.0 (1.25 lets a worker carry 25% more than the average)",
+                );
+                defaults::AFFINITY_MAX_IMBALANCE
+            }
+        },
+        affinity_prefix_bytes: match raw.affinity_prefix_bytes {
+            None => defaults::AFFINITY_PREFIX_BYTES,
+            Some(0) => {
+                issues.push(
+                    format!("{key}.affinity_prefix_bytes"),
+                    "must be greater than 0",
+                );
+                defaults::AFFINITY_PREFIX_BYTES
+            }
+            Some(n) => n,
+        },
+        max_waiting: raw.max_waiting,
+        max_retries: raw.max_retries.unwrap_or(defaults::MAX_RETRIES),
+        breaker: BreakerPolicy {
+            failures_to_eject: positive(
+                &format!("{key}.failures_to_eject"),
+                raw.failures_to_eject,
+                defaults::FAILURES_TO_EJECT,
+                issues,
+            ),
+            base_ejection: duration(
+                &format!("{key}.ejection_base"),
+                raw.ejection_base.as_deref(),
+                defaults::EJECTION_BASE,
+                issues,
+            ),
+            max_ejection: duration(
+                &format!("{key}.ejection_max"),
+                raw.ejection_max.as_deref(),
+                defaults::EJECTION_MAX,
+                issues,
+            ),
+        },
+    };
+    if pool.breaker.max_ejection < pool.breaker.base_ejection {
+        issues.push(
+            format!("{key}.ejection_max"),
+            "must not be shorter than ejection_base",
+        );
+    }
+    let health = HealthPolicy {
+        interval: duration(
+            &format!("{key}.health_interval"),
+            raw.health_interval.as_deref(),
+            defaults::HEALTH_INTERVAL,
+            issues,
+        ),
+        timeout: duration(
+            &format!("{key}.health_timeout"),
+            raw.health_timeout.as_deref(),
+            defaults::HEALTH_TIMEOUT,
+            issues,
+        ),
+        unhealthy_after: positive(
+            &format!("{key}.unhealthy_after"),
+            raw.unhealthy_after,
+            defaults::UNHEALTHY_AFTER,
+            issues,
+        ),
+        healthy_after: positive(
+            &format!("{key}.healthy_after"),
+            raw.healthy_after,
+            defaults::HEALTHY_AFTER,
+            issues,
+        ),
+        load_poll_interval: duration(
+            &format!("{key}.load_poll_interval"),
+            raw.load_poll_interval.as_deref(),
+            defaults::LOAD_POLL_INTERVAL,
+            issues,
+        ),
+    };
     Some(ModelConfig {
         name: name?,
         workers,
         timeouts,
+        pool,
+        health,
+        discovery,
     })
+}
+
+fn discovery_from_raw(key: &str, raw: &RawModel, issues: &mut Issues) -> DiscoverySource {
+    match raw.discovery.unwrap_or_default() {
+        Discovery::Static => {
+            for (field, set) in [
+                ("dns_name", raw.dns_name.is_some()),
+                ("port", raw.port.is_some()),
+                ("dns_interval", raw.dns_interval.is_some()),
+            ] {
+                if set {
+                    issues.push(
+                        format!("{key}.{field}"),
+                        "only applies with discovery = \"dns\"",
+                    );
+                }
+            }
+            DiscoverySource::Static
+        }
+        Discovery::Dns => {
+            let name = match raw.dns_name.as_deref().map(str::trim) {
+                Some(n) if !n.is_empty() => n.to_string(),
+                _ => {
+                    issues.push(
+                        format!("{key}.dns_name"),
+                        "is required with discovery = \"dns\" (e.g. \"vllm.ns.svc.cluster.local\")",
+                    );
+                    String::new()
+                }
+            };
+            let port = match raw.port {
+                Some(p) if p != 0 => p,
+                _ => {
+                    issues.push(
+                        format!("{key}.port"),
+                        "is required with discovery = \"dns\"",
+                    );
+                    0
+                }
+            };
+            let interval = duration(
+                &format!("{key}.dns_interval"),
+                raw.dns_interval.as_deref(),
+                defaults::DNS_INTERVAL,
+                issues,
+            );
+            DiscoverySource::Dns {
+                name,
+                port,
+                interval,
+            }
+        }
+    }
+}
+
+fn positive(key: &str, value: Option<u32>, default: u32, issues: &mut Issues) -> u32 {
+    match value {
+        None => default,
+        Some(0) => {
+            issues.push(key, "must be at least 1");
+            default
+        }
+        Some(n) => n,
+    }
 }
 
 /// Parse a worker URL (`http://host:port`) and resolve its host. Only plain

@@ -39,4 +39,39 @@ pub struct RawModel {
     pub idle_timeout: Option<String>,
     pub request_timeout: Option<String>,
     pub upstream_keepalive_idle: Option<String>,
+    pub routing: Option<Routing>,
+    pub affinity_max_imbalance: Option<f64>,
+    pub affinity_prefix_bytes: Option<usize>,
+    pub load_poll_interval: Option<String>,
+    pub health_interval: Option<String>,
+    pub health_timeout: Option<String>,
+    pub unhealthy_after: Option<u32>,
+    pub healthy_after: Option<u32>,
+    pub max_waiting: Option<u32>,
+    pub max_retries: Option<u32>,
+    pub failures_to_eject: Option<u32>,
+    pub ejection_base: Option<String>,
+    pub ejection_max: Option<String>,
+    pub discovery: Option<Discovery>,
+    pub dns_name: Option<String>,
+    pub port: Option<u16>,
+    pub dns_interval: Option<String>,
+}
+
+/// How a model's pool picks a worker.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Routing {
+    #[default]
+    LeastLoaded,
+    PrefixAffinity,
+}
+
+/// Where a model's workers come from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Discovery {
+    #[default]
+    Static,
+    Dns,
 }

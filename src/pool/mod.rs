@@ -2,85 +2,32 @@
 //!
 //! A [`Worker`] is one vLLM server, identified by its URL. It lives as long as
 //! some configuration references it: a reload that keeps a URL keeps the same
-//! `Worker` (and so its in-flight count and health), because the registry
-//! hands out the existing `Arc`. A [`WorkerPool`] is the set of workers that
-//! serve one model, plus that model's upstream settings.
+//! `Worker` (its in-flight count, health and breaker state), because the
+//! registry hands out the existing `Arc`. A [`WorkerPool`] is the set of
+//! workers that serve one model, with that model's routing policy.
 //!
-//! Picking reserves a slot at once (the in-flight count rises inside the pick),
-//! and the returned [`Reservation`] gives it back when dropped, on every path:
-//! success, error, client gone. So load counts are never stale at pick time and
-//! never leak.
+//! Picking reserves a slot at once (the in-flight count rises inside the
+//! pick, by compare-and-swap on the value the choice was made on), and the
+//! returned [`Reservation`] gives it back when dropped, on every path. So a
+//! burst never lands on one worker because counts were stale at pick time,
+//! and counts never leak.
 
+pub mod discovery;
 pub mod health;
+pub mod ring;
+pub mod worker;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
 
 use pingora_core::protocols::TcpKeepalive;
 use pingora_core::upstreams::peer::HttpPeer;
 
-use crate::config::{ModelConfig, UpstreamTimeouts, WorkerSpec};
-
-/// One vLLM server.
-#[derive(Debug)]
-pub struct Worker {
-    pub url: Arc<str>,
-    pub addr: SocketAddr,
-    in_flight: AtomicU32,
-    healthy: AtomicBool,
-    /// `max_model_len` per served model, as the worker's `/v1/models` reports.
-    max_model_len: Mutex<HashMap<String, u64>>,
-    /// Bumped on every health transition; lets tests and metrics observe them.
-    transitions: AtomicU64,
-}
-
-impl Worker {
-    fn new(spec: &WorkerSpec) -> Worker {
-        Worker {
-            url: Arc::from(spec.url.as_str()),
-            addr: spec.addr,
-            in_flight: AtomicU32::new(0),
-            // Optimistic until the first health check says otherwise: a
-            // gateway restarted under load must not refuse traffic for a
-            // whole check interval.
-            healthy: AtomicBool::new(true),
-            max_model_len: Mutex::new(HashMap::new()),
-            transitions: AtomicU64::new(0),
-        }
-    }
-
-    pub fn in_flight(&self) -> u32 {
-        self.in_flight.load(Ordering::Relaxed)
-    }
-
-    pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
-    }
-
-    /// Set the health state; returns true when it changed.
-    pub fn set_healthy(&self, healthy: bool) -> bool {
-        let changed = self.healthy.swap(healthy, Ordering::Relaxed) != healthy;
-        if changed {
-            self.transitions.fetch_add(1, Ordering::Relaxed);
-        }
-        changed
-    }
-
-    pub fn max_model_len(&self, model: &str) -> Option<u64> {
-        self.max_model_len
-            .lock()
-            .ok()
-            .and_then(|m| m.get(model).copied())
-    }
-
-    pub fn set_max_model_lens(&self, lens: HashMap<String, u64>) {
-        if let Ok(mut m) = self.max_model_len.lock() {
-            *m = lens;
-        }
-    }
-}
+use crate::config::{ModelConfig, PoolPolicy, Routing, UpstreamTimeouts, WorkerSpec};
+use ring::Ring;
+pub use worker::{Worker, WorkerState};
 
 /// Hands out one shared [`Worker`] per URL, so every pool and every config
 /// generation that names a URL sees the same counters.
@@ -90,11 +37,21 @@ pub struct WorkerRegistry {
 }
 
 impl WorkerRegistry {
-    pub fn get_or_create(&self, spec: &WorkerSpec) -> Arc<Worker> {
+    /// The worker for `spec`, created if no live configuration has it.
+    /// `checked_first` creates it unhealthy until a health check passes (for
+    /// workers that appear at run time).
+    pub fn get_or_create(&self, spec: &WorkerSpec, checked_first: bool) -> Arc<Worker> {
+        let make = || {
+            Arc::new(if checked_first {
+                Worker::new_unchecked(spec)
+            } else {
+                Worker::new(spec)
+            })
+        };
         let Ok(mut map) = self.workers.lock() else {
-            // A poisoned lock means a panic elsewhere; a fresh worker is a
-            // safe answer (it only loses the old counters).
-            return Arc::new(Worker::new(spec));
+            // Poisoned only by a panic elsewhere; a fresh worker is a safe
+            // answer (it only loses the old counters).
+            return make();
         };
         if let Some(w) = map.get(&spec.url).and_then(Weak::upgrade) {
             if w.addr == spec.addr {
@@ -102,7 +59,7 @@ impl WorkerRegistry {
             }
         }
         map.retain(|_, w| w.strong_count() > 0);
-        let w = Arc::new(Worker::new(spec));
+        let w = make();
         map.insert(spec.url.clone(), Arc::downgrade(&w));
         w
     }
@@ -116,33 +73,71 @@ pub struct Member {
     pub peer: HttpPeer,
 }
 
+/// Why a worker was chosen (the `reason` label of the decisions counter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PickReason {
+    LeastLoaded,
+    /// The prefix's own worker on the ring took it.
+    AffinityHit,
+    /// The prefix's worker was over the load bound; the next on the ring took it.
+    AffinitySpill,
+    /// A retry after a failed attempt.
+    Retry,
+}
+
+impl PickReason {
+    pub fn label(self) -> &'static str {
+        match self {
+            PickReason::LeastLoaded => "least_loaded",
+            PickReason::AffinityHit => "affinity_hit",
+            PickReason::AffinitySpill => "affinity_spill",
+            PickReason::Retry => "retry",
+        }
+    }
+}
+
 /// The workers serving one model.
 #[derive(Debug)]
 pub struct WorkerPool {
     pub model: Arc<str>,
     pub members: Vec<Member>,
     pub timeouts: UpstreamTimeouts,
+    pub policy: PoolPolicy,
+    ring: Ring,
 }
 
 impl WorkerPool {
+    /// The pool of a static configuration.
     pub fn new(model: &ModelConfig, registry: &WorkerRegistry) -> WorkerPool {
-        let members = model
-            .workers
+        WorkerPool::with_workers(model, &model.workers, registry, false)
+    }
+
+    /// A pool over `workers` (static ones, or the addresses discovery found).
+    pub fn with_workers(
+        model: &ModelConfig,
+        workers: &[WorkerSpec],
+        registry: &WorkerRegistry,
+        checked_first: bool,
+    ) -> WorkerPool {
+        let members: Vec<Member> = workers
             .iter()
             .map(|spec| Member {
-                worker: registry.get_or_create(spec),
+                worker: registry.get_or_create(spec, checked_first),
                 peer: peer_for(spec.addr, &model.timeouts),
             })
             .collect();
+        let ring = Ring::new(members.iter().map(|m| &*m.worker.url));
         WorkerPool {
             model: Arc::from(model.name.as_str()),
             members,
             timeouts: model.timeouts,
+            policy: model.pool,
+            ring,
         }
     }
 
     pub fn has_healthy_worker(&self) -> bool {
-        self.members.iter().any(|m| m.worker.is_healthy())
+        self.members.iter().any(|m| m.worker.is_available())
     }
 
     /// The model's context length as its workers report it (the smallest, in
@@ -154,48 +149,142 @@ impl WorkerPool {
             .min()
     }
 
-    /// Pick the healthy member with the fewest in-flight requests, skipping
-    /// the indexes in `exclude` (workers that already failed this request),
-    /// and reserve a slot on it before returning.
+    /// Pick a worker for a request and reserve a slot on it.
     ///
-    /// The reservation is a compare-and-swap on the count that was read, so
-    /// two concurrent picks cannot both take the same "least loaded" slot: the
-    /// loser re-reads and picks again. Ties start from a random offset so that
-    /// equal workers share a burst evenly instead of the first one taking all.
-    pub fn pick(&self, exclude: &[usize]) -> Option<Reservation> {
-        let n = self.members.len();
-        if n == 0 {
-            return None;
-        }
-        loop {
-            let start = fastrand::usize(..n);
-            let mut best: Option<(usize, u32)> = None;
-            for k in 0..n {
-                let i = (start + k) % n;
-                if exclude.contains(&i) {
-                    continue;
-                }
-                let w = &self.members[i].worker;
-                if !w.is_healthy() {
-                    continue;
-                }
-                let load = w.in_flight();
-                if best.is_none_or(|(_, b)| load < b) {
-                    best = Some((i, load));
-                }
-            }
-            let (i, load) = best?;
+    /// `exclude` holds the members that already failed this request (so a
+    /// retry goes elsewhere); `prefix_key` is the hash of the prompt's leading
+    /// part, used by `prefix_affinity` routing.
+    pub fn pick(
+        &self,
+        exclude: &[usize],
+        prefix_key: Option<u64>,
+    ) -> Option<(Reservation, PickReason)> {
+        // A bounded number of rounds: each lost compare-and-swap means another
+        // request just took a slot, so the next round sees fresher counts.
+        for _ in 0..64 {
+            let candidate = match (self.policy.routing, prefix_key) {
+                (Routing::PrefixAffinity, Some(key)) => self.affinity_candidate(key, exclude),
+                _ => self
+                    .least_loaded_candidate(exclude)
+                    .map(|(i, load)| (i, load, PickReason::LeastLoaded)),
+            };
+            let (i, seen_in_flight, reason) = candidate?;
             let w = &self.members[i].worker;
             if w.in_flight
-                .compare_exchange(load, load + 1, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
+                .compare_exchange(
+                    seen_in_flight,
+                    seen_in_flight + 1,
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
+                .is_err()
             {
-                return Some(Reservation {
+                continue;
+            }
+            if !w.claim() {
+                // Lost the half-open probe slot to another request.
+                w.in_flight.fetch_sub(1, Ordering::AcqRel);
+                continue;
+            }
+            let reason = if exclude.is_empty() {
+                reason
+            } else {
+                PickReason::Retry
+            };
+            return Some((
+                Reservation {
                     index: i,
                     worker: Arc::clone(w),
-                });
+                },
+                reason,
+            ));
+        }
+        None
+    }
+
+    /// Members that may take a request now, honouring `max_waiting`: workers
+    /// with a deep queue of their own are skipped while others have room.
+    fn eligible(&self, exclude: &[usize]) -> Vec<usize> {
+        let available: Vec<usize> = (0..self.members.len())
+            .filter(|i| !exclude.contains(i) && self.members[*i].worker.is_available())
+            .collect();
+        let Some(max_waiting) = self.policy.max_waiting else {
+            return available;
+        };
+        let roomy: Vec<usize> = available
+            .iter()
+            .copied()
+            .filter(|i| self.members[*i].worker.remote_waiting() < max_waiting)
+            .collect();
+        if roomy.is_empty() {
+            available
+        } else {
+            roomy
+        }
+    }
+
+    /// The eligible member with the lowest effective load (this gateway's
+    /// exact in-flight count plus other clients' load from the last scrape),
+    /// KV-cache usage breaking ties, then a random start so equal workers
+    /// share a burst. Returns (index, in-flight count seen).
+    fn least_loaded_candidate(&self, exclude: &[usize]) -> Option<(usize, u32)> {
+        let eligible = self.eligible(exclude);
+        if eligible.is_empty() {
+            return None;
+        }
+        let start = fastrand::usize(..eligible.len());
+        let mut best: Option<(usize, u32, (u32, u32))> = None;
+        for k in 0..eligible.len() {
+            let i = eligible[(start + k) % eligible.len()];
+            let w = &self.members[i].worker;
+            let in_flight = w.in_flight();
+            let score = (in_flight.saturating_add(w.foreign_load()), w.kv_milli());
+            if best.is_none_or(|(_, _, b)| score < b) {
+                best = Some((i, in_flight, score));
             }
         }
+        best.map(|(i, in_flight, _)| (i, in_flight))
+    }
+
+    /// Consistent hashing with bounded load: the prefix's worker on the ring
+    /// takes the request while its load stays within `affinity_max_imbalance`
+    /// of the pool average (counting this request); otherwise the next worker
+    /// on the ring that is within the bound does. A warm worker keeps its
+    /// prefixes, but cannot be piled onto.
+    fn affinity_candidate(&self, key: u64, exclude: &[usize]) -> Option<(usize, u32, PickReason)> {
+        let eligible = self.eligible(exclude);
+        if eligible.is_empty() {
+            return None;
+        }
+        let total: u64 = eligible
+            .iter()
+            .map(|i| u64::from(self.members[*i].worker.effective_load()))
+            .sum();
+        let bound = ((self.policy.affinity_max_imbalance * (total + 1) as f64)
+            / eligible.len() as f64)
+            .ceil()
+            .max(1.0) as u64;
+        let mut first = true;
+        for i in self.ring.walk(key, self.members.len()) {
+            if !eligible.contains(&i) {
+                continue;
+            }
+            let w = &self.members[i].worker;
+            let in_flight = w.in_flight();
+            if u64::from(w.effective_load()) < bound {
+                let reason = if first {
+                    PickReason::AffinityHit
+                } else {
+                    PickReason::AffinitySpill
+                };
+                return Some((i, in_flight, reason));
+            }
+            first = false;
+        }
+        // Every worker is at the bound (it rounds up, so this is rare): fall
+        // back to the least loaded.
+        self.least_loaded_candidate(exclude)
+            .map(|(i, load)| (i, load, PickReason::AffinitySpill))
     }
 }
 
@@ -216,8 +305,8 @@ fn peer_for(addr: SocketAddr, timeouts: &UpstreamTimeouts) -> HttpPeer {
     let mut peer = HttpPeer::new(addr, false, String::new());
     peer.options.connection_timeout = Some(timeouts.connect);
     peer.options.idle_timeout = Some(timeouts.keepalive_idle);
-    // A worker that vanishes without a FIN/RST (node lost) is noticed by TCP
-    // keep-alive rather than only by the idle timeout.
+    // A worker that vanishes without a FIN or RST (a lost node) is noticed
+    // by TCP keep-alive on pooled connections, not only by timeouts.
     peer.options.tcp_keepalive = Some(TcpKeepalive {
         idle: std::time::Duration::from_secs(30),
         interval: std::time::Duration::from_secs(5),
@@ -231,26 +320,28 @@ fn peer_for(addr: SocketAddr, timeouts: &UpstreamTimeouts) -> HttpPeer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
 
-    fn pool(n: usize) -> (WorkerPool, WorkerRegistry) {
+    fn model(n: usize, extra: &str) -> ModelConfig {
+        let workers: Vec<String> = (0..n)
+            .map(|i| format!("\"http://127.0.0.1:{}\"", 9000 + i))
+            .collect();
+        let text = format!(
+            "[[models]]\nname = \"m\"\nworkers = [{}]\n{extra}\n",
+            workers.join(",")
+        );
+        Config::parse(&text).unwrap().models.remove(0)
+    }
+
+    fn pool(n: usize, extra: &str) -> (WorkerPool, WorkerRegistry) {
         let registry = WorkerRegistry::default();
-        let model = ModelConfig {
-            name: "m".into(),
-            workers: (0..n)
-                .map(|i| WorkerSpec {
-                    url: format!("http://127.0.0.1:{}", 9000 + i),
-                    addr: format!("127.0.0.1:{}", 9000 + i).parse().unwrap(),
-                })
-                .collect(),
-            timeouts: UpstreamTimeouts::default(),
-        };
-        (WorkerPool::new(&model, &registry), registry)
+        (WorkerPool::new(&model(n, extra), &registry), registry)
     }
 
     #[test]
     fn burst_spreads_evenly() {
-        let (p, _r) = pool(4);
-        let held: Vec<_> = (0..100).map(|_| p.pick(&[]).unwrap()).collect();
+        let (p, _r) = pool(4, "");
+        let held: Vec<_> = (0..100).map(|_| p.pick(&[], None).unwrap()).collect();
         for m in &p.members {
             assert_eq!(m.worker.in_flight(), 25);
         }
@@ -261,37 +352,108 @@ mod tests {
     }
 
     #[test]
-    fn skips_unhealthy_and_excluded() {
-        let (p, _r) = pool(3);
-        p.members[0].worker.set_healthy(false);
-        for _ in 0..20 {
-            let r = p.pick(&[1]).unwrap();
-            assert_eq!(r.index, 2);
+    fn concurrent_burst_spreads_evenly() {
+        let (p, _r) = pool(4, "");
+        let p = Arc::new(p);
+        let held: Vec<Vec<Reservation>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| {
+                    let p = Arc::clone(&p);
+                    s.spawn(move || (0..25).map(|_| p.pick(&[], None).unwrap().0).collect())
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for m in &p.members {
+            assert_eq!(m.worker.in_flight(), 25);
         }
-        p.members[2].worker.set_healthy(false);
-        assert!(p.pick(&[1]).is_none());
+        drop(held);
+    }
+
+    #[test]
+    fn skips_unavailable_and_excluded() {
+        let (p, _r) = pool(3, "");
+        p.members[0].worker.record_check(false, 1, 1);
+        for _ in 0..20 {
+            let (r, reason) = p.pick(&[1], None).unwrap();
+            assert_eq!(r.index, 2);
+            assert_eq!(reason, PickReason::Retry);
+        }
+        p.members[2].worker.record_check(false, 1, 1);
+        assert!(p.pick(&[1], None).is_none());
     }
 
     #[test]
     fn registry_shares_workers_across_pools() {
-        let (p, r) = pool(2);
-        let again = r.get_or_create(&WorkerSpec {
-            url: "http://127.0.0.1:9000".into(),
-            addr: "127.0.0.1:9000".parse().unwrap(),
-        });
+        let (p, r) = pool(2, "");
+        let again = r.get_or_create(
+            &WorkerSpec {
+                url: "http://127.0.0.1:9000".into(),
+                addr: "127.0.0.1:9000".parse().unwrap(),
+            },
+            false,
+        );
         assert!(Arc::ptr_eq(&again, &p.members[0].worker));
     }
 
     #[test]
     fn ties_break_without_bias() {
-        let (p, _r) = pool(4);
+        let (p, _r) = pool(4, "");
         let mut counts = [0u32; 4];
         for _ in 0..4000 {
-            let r = p.pick(&[]).unwrap();
+            let (r, _) = p.pick(&[], None).unwrap();
             counts[r.index] += 1;
         }
         for c in counts {
             assert!((800..1200).contains(&c), "{counts:?}");
         }
+    }
+
+    #[test]
+    fn foreign_load_steers_away() {
+        let (p, _r) = pool(2, "");
+        // Another gateway replica keeps worker 0 busy.
+        p.members[0].worker.record_load(10, 0, 0.2);
+        for _ in 0..10 {
+            let (r, _) = p.pick(&[], None).unwrap();
+            assert_eq!(r.index, 1);
+        }
+    }
+
+    #[test]
+    fn deep_queues_are_skipped_while_others_have_room() {
+        let (p, _r) = pool(2, "max_waiting = 5");
+        p.members[0].worker.record_load(0, 8, 0.0);
+        let held: Vec<_> = (0..10).map(|_| p.pick(&[], None).unwrap()).collect();
+        assert!(held.iter().all(|(r, _)| r.index == 1));
+        drop(held);
+        p.members[1].worker.record_load(0, 9, 0.0);
+        // Both queues are deep: fall back to all available workers.
+        assert!(p.pick(&[], None).is_some());
+    }
+
+    #[test]
+    fn affinity_keeps_a_prefix_on_one_worker_until_it_is_over_the_bound() {
+        let (p, _r) = pool(4, "routing = \"prefix_affinity\"");
+        let (first, reason) = p.pick(&[], Some(42)).unwrap();
+        assert_eq!(reason, PickReason::AffinityHit);
+        let home = first.index;
+        drop(first);
+        for _ in 0..20 {
+            let (r, reason) = p.pick(&[], Some(42)).unwrap();
+            assert_eq!((r.index, reason), (home, PickReason::AffinityHit));
+        }
+        // Hold requests with the same prefix: the home worker takes them up
+        // to 1.25x the average, then they spill.
+        let held: Vec<_> = (0..40).map(|_| p.pick(&[], Some(42)).unwrap()).collect();
+        let spills = held
+            .iter()
+            .filter(|(_, r)| *r == PickReason::AffinitySpill)
+            .count();
+        assert!(spills > 0);
+        let loads: Vec<u32> = p.members.iter().map(|m| m.worker.in_flight()).collect();
+        let max = *loads.iter().max().unwrap() as f64;
+        let mean = 40.0 / 4.0;
+        assert!(max / mean <= 1.3, "{loads:?}");
     }
 }
