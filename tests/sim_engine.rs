@@ -412,3 +412,35 @@ async fn threads_setting_runs_a_multi_threaded_runtime() {
     }
     assert_eq!(sim.stats().completed, 20);
 }
+
+#[tokio::test]
+async fn run_serves_on_the_callers_runtime_until_dropped() {
+    let listener = vllm_gateway::sim::Simulator::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(vllm_gateway::sim::Simulator::run(listener, fast()));
+    let r = client()
+        .post(format!("http://{addr}/v1/chat/completions"))
+        .json(&chat("fg"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut idle = send_raw(addr, b"GET /health HTTP/1.1\r\nHost: s\r\n\r\n").await;
+    read_until(&mut idle, b"\r\n\r\n", Duration::from_secs(5)).await;
+    // Dropping the future closes the listener and every connection.
+    server.abort();
+    assert!(server.await.unwrap_err().is_cancelled());
+    let (_, _) = read_to_end(&mut idle, Duration::from_secs(2)).await;
+    let err = tokio::net::TcpStream::connect(addr).await.unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+    // A bad configuration is refused up front.
+    let listener = vllm_gateway::sim::Simulator::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let bad = SimConfig {
+        models: vec![],
+        ..fast()
+    };
+    let err = vllm_gateway::sim::Simulator::run(listener, bad)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+}

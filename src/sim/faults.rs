@@ -5,6 +5,13 @@
 //! (`/v1/models`, `/metrics`, `/version`, `/tokenize`, `/sim/stats`) are never faulted, so a test
 //! can always observe a misbehaving worker.
 //!
+//! `garbage`, `stall` and `fail_rate` act as soon as the request is read (before validation);
+//! the rest act on a valid request. Token faults (`*_after_tokens`) count content tokens over
+//! all choices and fire when exactly that many have been sent (0 = right after the role chunk);
+//! they apply to chat and completions, and embeddings ignore them. A fault whose count is never
+//! reached does not fire. Non-streaming requests map them as: stall/cut at the time of that
+//! token, in-band error = HTTP 500, malformed = a truncated JSON body.
+//!
 //! The same plan is written three ways:
 //! * in code: `FaultPlan { cut_after_tokens: Some(3), ..FaultPlan::default() }`;
 //! * per request: header `x-sim-fault: cut_after_tokens=3, slow_headers=200ms` (laid over the

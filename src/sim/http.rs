@@ -107,7 +107,9 @@ impl Conn {
         let _ = stream.set_nodelay(true);
         Self {
             stream,
-            buf: BytesMut::with_capacity(8 * 1024),
+            // Small to start: ten thousand idle or streaming connections must stay cheap; the
+            // buffer grows for large requests.
+            buf: BytesMut::with_capacity(2 * 1024),
         }
     }
 
