@@ -45,15 +45,11 @@ async fn non_streaming_chat_shape() {
     assert_eq!(usage["prompt_tokens_details"]["cached_tokens"], 0);
 
     // Same seed, same answer; the worker recorded what it received.
-    let again: Value = client()
-        .post(format!("{}/v1/chat/completions", sim.url()))
-        .json(&json!({"messages": [{"role": "user", "content": "hello there"}], "seed": 7}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let again: Value = post_for_json(
+        format!("{}/v1/chat/completions", sim.url()),
+        &json!({"messages": [{"role": "user", "content": "hello there"}], "seed": 7}),
+    )
+    .await;
     assert_eq!(again["choices"][0]["message"]["content"], content);
     assert_eq!(again["model"], "sim-model", "absent model = base model");
     let id = again["id"].as_str().unwrap();
@@ -79,12 +75,11 @@ async fn unknown_model_is_404_not_found_error() {
         models: vec!["base".into(), "adapter".into()],
         ..fast()
     });
-    let resp = client()
-        .post(format!("{}/v1/chat/completions", sim.url()))
-        .json(&json!({"model": "gpt-4", "messages": [{"role": "user", "content": "x"}]}))
-        .send()
-        .await
-        .unwrap();
+    let resp = post(
+        format!("{}/v1/chat/completions", sim.url()),
+        &json!({"model": "gpt-4", "messages": [{"role": "user", "content": "x"}]}),
+    )
+    .await;
     assert_eq!(resp.status(), 404);
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["error"]["type"], "NotFoundError");
@@ -92,15 +87,11 @@ async fn unknown_model_is_404_not_found_error() {
     assert_eq!(v["error"]["code"], 404);
     assert!(v["error"]["message"].as_str().unwrap().contains("`gpt-4`"));
     // A LoRA adapter is a model too, and is echoed back.
-    let v: Value = client()
-        .post(format!("{}/v1/chat/completions", sim.url()))
-        .json(&json!({"model": "adapter", "messages": [{"role": "user", "content": "x"}]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = post_for_json(
+        format!("{}/v1/chat/completions", sim.url()),
+        &json!({"model": "adapter", "messages": [{"role": "user", "content": "x"}]}),
+    )
+    .await;
     assert_eq!(v["model"], "adapter");
 }
 
@@ -135,12 +126,7 @@ async fn content_type_must_be_json() {
 }
 
 async fn post_chat(url: &str, body: Value) -> (u16, Value) {
-    let resp = client()
-        .post(format!("{url}/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let resp = post(format!("{url}/v1/chat/completions"), &body).await;
     (resp.status().as_u16(), resp.json().await.unwrap())
 }
 
@@ -435,15 +421,11 @@ async fn tokenize_counts_like_the_worker() {
         ..fast()
     });
     let m = json!([{"role": "system", "content": "be brief"}, {"role": "user", "content": [{"type": "text", "text": "héllo, wörld"}]}]);
-    let v: Value = client()
-        .post(format!("{}/tokenize", sim.url()))
-        .json(&json!({"model": "sim-model", "messages": m}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = post_for_json(
+        format!("{}/tokenize", sim.url()),
+        &json!({"model": "sim-model", "messages": m}),
+    )
+    .await;
     assert_eq!(v["count"], count_prompt_tokens(&m));
     assert_eq!(v["max_model_len"], 321);
     assert_eq!(
@@ -451,32 +433,23 @@ async fn tokenize_counts_like_the_worker() {
         v["count"].as_u64().unwrap()
     );
     // The chat endpoint counts the same prompt the same way.
-    let c: Value = client()
-        .post(format!("{}/v1/chat/completions", sim.url()))
-        .json(&json!({"messages": m, "max_tokens": 1}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let c: Value = post_for_json(
+        format!("{}/v1/chat/completions", sim.url()),
+        &json!({"messages": m, "max_tokens": 1}),
+    )
+    .await;
     assert_eq!(c["usage"]["prompt_tokens"], v["count"]);
-    let v: Value = client()
-        .post(format!("{}/tokenize", sim.url()))
-        .json(&json!({"prompt": "abcdefgh !"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = post_for_json(
+        format!("{}/tokenize", sim.url()),
+        &json!({"prompt": "abcdefgh !"}),
+    )
+    .await;
     assert_eq!(v["count"], 3);
-    let resp = client()
-        .post(format!("{}/tokenize", sim.url()))
-        .json(&json!({"model": "other", "prompt": "x"}))
-        .send()
-        .await
-        .unwrap();
+    let resp = post(
+        format!("{}/tokenize", sim.url()),
+        &json!({"model": "other", "prompt": "x"}),
+    )
+    .await;
     assert_eq!(resp.status(), 404);
 }
 

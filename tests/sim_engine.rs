@@ -86,12 +86,7 @@ async fn the_queue_is_fifo() {
         let url = sim.url();
         let order = Arc::clone(&order);
         tasks.push(tokio::spawn(async move {
-            let r = client()
-                .post(format!("{url}/v1/chat/completions"))
-                .json(&chat("fifo"))
-                .send()
-                .await
-                .unwrap();
+            let r = post(format!("{url}/v1/chat/completions"), &chat("fifo")).await;
             r.bytes().await.unwrap();
             order.lock().unwrap().push(i);
         }));
@@ -207,12 +202,7 @@ async fn ttft_and_usage(url: &str, body: &Value) -> (Duration, Value) {
     body["stream"] = json!(true);
     body["stream_options"] = json!({"include_usage": true});
     let sent = Instant::now();
-    let resp = client()
-        .post(format!("{url}/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let resp = post(format!("{url}/v1/chat/completions"), &body).await;
     let mut stream = resp.bytes_stream();
     let mut text = String::new();
     let mut first = None;
@@ -284,15 +274,7 @@ async fn prefix_cache_hits_report_cached_tokens_and_shorten_ttft() {
     assert_eq!(usage["prompt_tokens_details"]["cached_tokens"], 0);
 
     // Non-streaming answers report cached tokens too.
-    let v: Value = client()
-        .post(format!("{url}/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = post_for_json(format!("{url}/v1/chat/completions"), &body).await;
     assert_eq!(v["usage"]["prompt_tokens_details"]["cached_tokens"], cached);
 }
 
@@ -306,29 +288,13 @@ async fn prefix_cache_is_an_lru_of_bounded_size() {
     let body = |w: &str| json!({"messages": [{"role": "user", "content": format!("{w} ").repeat(60)}], "max_tokens": 1});
     // 66 tokens = 4 blocks each; the second prompt evicts the first.
     for w in ["a", "b", "a"] {
-        let v: Value = client()
-            .post(format!("{url}/v1/chat/completions"))
-            .json(&body(w))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v: Value = post_for_json(format!("{url}/v1/chat/completions"), &body(w)).await;
         assert_eq!(
             v["usage"]["prompt_tokens_details"]["cached_tokens"], 0,
             "{w}"
         );
     }
-    let v: Value = client()
-        .post(format!("{url}/v1/chat/completions"))
-        .json(&body("a"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = post_for_json(format!("{url}/v1/chat/completions"), &body("a")).await;
     assert_eq!(v["usage"]["prompt_tokens_details"]["cached_tokens"], 64);
 }
 
@@ -372,12 +338,11 @@ async fn stop_closes_everything_and_restart_reuses_the_port() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(again.stats().requests, 0);
-    let r = client()
-        .post(format!("{}/v1/chat/completions", again.url()))
-        .json(&chat("back"))
-        .send()
-        .await
-        .unwrap();
+    let r = post(
+        format!("{}/v1/chat/completions", again.url()),
+        &chat("back"),
+    )
+    .await;
     assert_eq!(r.status(), 200);
     drop(again); // Drop stops it as well.
     let err = tokio::net::TcpStream::connect(addr).await.unwrap_err();
@@ -397,12 +362,7 @@ async fn threads_setting_runs_a_multi_threaded_runtime() {
         tasks.push(tokio::spawn(async move {
             let mut body = chat(&format!("parallel {i}"));
             body["stream"] = json!(i % 2 == 0);
-            let r = client()
-                .post(format!("{url}/v1/chat/completions"))
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
+            let r = post(format!("{url}/v1/chat/completions"), &body).await;
             assert_eq!(r.status(), 200);
             r.bytes().await.unwrap();
         }));
@@ -418,12 +378,7 @@ async fn run_serves_on_the_callers_runtime_until_dropped() {
     let listener = vllm_gateway::sim::Simulator::bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(vllm_gateway::sim::Simulator::run(listener, fast()));
-    let r = client()
-        .post(format!("http://{addr}/v1/chat/completions"))
-        .json(&chat("fg"))
-        .send()
-        .await
-        .unwrap();
+    let r = post(format!("http://{addr}/v1/chat/completions"), &chat("fg")).await;
     assert_eq!(r.status(), 200);
     let mut idle = send_raw(addr, b"GET /health HTTP/1.1\r\nHost: s\r\n\r\n").await;
     read_until(&mut idle, b"\r\n\r\n", Duration::from_secs(5)).await;

@@ -33,12 +33,7 @@ async fn fail_rate_answers_with_vllm_error_bodies() {
         fail_status: 503,
         ..FaultPlan::default()
     });
-    let resp = client()
-        .post(format!("{url}/v1/chat/completions"))
-        .json(&chat("x"))
-        .send()
-        .await
-        .unwrap();
+    let resp = post(format!("{url}/v1/chat/completions"), &chat("x")).await;
     assert_eq!(resp.status(), 503);
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["error"]["type"], "Service Unavailable");
@@ -58,12 +53,7 @@ async fn fail_rate_answers_with_vllm_error_bodies() {
         fail_rate: 1.0,
         ..FaultPlan::default()
     });
-    let resp = client()
-        .post(format!("{url}/v1/completions"))
-        .json(&json!({"prompt": "x"}))
-        .send()
-        .await
-        .unwrap();
+    let resp = post(format!("{url}/v1/completions"), &json!({"prompt": "x"})).await;
     assert_eq!(resp.status(), 500);
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["error"]["type"], "InternalServerError");
@@ -75,12 +65,7 @@ async fn fail_rate_answers_with_vllm_error_bodies() {
     });
     let mut failed = 0;
     for _ in 0..200 {
-        let r = client()
-            .post(format!("{url}/v1/chat/completions"))
-            .json(&chat("coin"))
-            .send()
-            .await
-            .unwrap();
+        let r = post(format!("{url}/v1/chat/completions"), &chat("coin")).await;
         match r.status().as_u16() {
             200 => {}
             502 => failed += 1,
@@ -94,12 +79,7 @@ async fn fail_rate_answers_with_vllm_error_bodies() {
     );
 
     sim.set_faults(FaultPlan::default());
-    let r = client()
-        .post(format!("{url}/v1/chat/completions"))
-        .json(&chat("ok"))
-        .send()
-        .await
-        .unwrap();
+    let r = post(format!("{url}/v1/chat/completions"), &chat("ok")).await;
     assert_eq!(r.status(), 200);
     r.bytes().await.unwrap();
     let s = sim.stats();
@@ -369,12 +349,7 @@ async fn unhealthy_fails_health_only() {
         .await
         .unwrap();
     assert_eq!(r.status(), 503);
-    let r = client()
-        .post(format!("{}/v1/chat/completions", sim.url()))
-        .json(&chat("x"))
-        .send()
-        .await
-        .unwrap();
+    let r = post(format!("{}/v1/chat/completions", sim.url()), &chat("x")).await;
     assert_eq!(r.status(), 200);
     sim.set_faults(FaultPlan::default());
     let r = client()
@@ -431,11 +406,6 @@ async fn fault_header_is_validated_and_merged() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    let resp = client()
-        .post(format!("{}/v1/chat/completions", sim.url()))
-        .json(&chat("x"))
-        .send()
-        .await
-        .unwrap();
+    let resp = post(format!("{}/v1/chat/completions", sim.url()), &chat("x")).await;
     assert_eq!(resp.status(), 503);
 }

@@ -11,23 +11,13 @@ use sim_common::*;
 use vllm_gateway::sim::SimConfig;
 
 async fn post_json(url: &str, path: &str, body: &Value) -> Value {
-    let resp = client()
-        .post(format!("{url}{path}"))
-        .json(body)
-        .send()
-        .await
-        .unwrap();
+    let resp = post(format!("{url}{path}"), body).await;
     assert_eq!(resp.status(), 200);
     resp.json().await.unwrap()
 }
 
 async fn post_stream(url: &str, path: &str, body: &Value) -> Vec<Value> {
-    let resp = client()
-        .post(format!("{url}{path}"))
-        .json(body)
-        .send()
-        .await
-        .unwrap();
+    let resp = post(format!("{url}{path}"), body).await;
     assert_eq!(resp.status(), 200);
     sse_chunks(&resp.text().await.unwrap())
 }
@@ -361,12 +351,7 @@ async fn completions_stream_shape() {
 /// Receives a stream, recording when each content event arrived.
 async fn timed_stream(url: &str, body: &Value) -> (Instant, Vec<(Instant, Value)>) {
     let sent = Instant::now();
-    let resp = client()
-        .post(format!("{url}/v1/chat/completions"))
-        .json(body)
-        .send()
-        .await
-        .unwrap();
+    let resp = post(format!("{url}/v1/chat/completions"), body).await;
     let mut stream = resp.bytes_stream();
     let mut buf = String::new();
     let mut events = Vec::new();

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::time::{sleep_until, Instant};
 
-use super::engine::{Outcome, Tracker};
+use super::engine::{Outcome, Running, Tracker};
 use super::error::ApiError;
 use super::faults::FaultPlan;
 use super::http::{write_head, Conn, Framing, Gone, LAST_CHUNK};
@@ -93,6 +93,21 @@ impl Exchange<'_> {
             Ok(()) => self.done(),
             Err(Gone) => Flow::Gone,
         }
+    }
+
+    /// The `close_after_headers` fault for a JSON answer: the head announcing `len` bytes, and
+    /// nothing after it.
+    async fn head_only(&mut self, len: usize) -> Result<(), Gone> {
+        let mut head = Vec::with_capacity(192);
+        let headers = [("content-type", JSON), ("x-request-id", self.rid)];
+        write_head(
+            &mut head,
+            200,
+            &headers,
+            Framing::Length(len as u64),
+            self.keep_alive,
+        );
+        self.conn.write_all(&head).await
     }
 
     pub(crate) async fn send_error(&mut self, e: &ApiError) -> Flow {
@@ -176,6 +191,20 @@ async fn token_faults(
     Ok(None)
 }
 
+/// Queues the request for running slots (watching the client) and returns its claim and the
+/// time its first token is due.
+async fn admit<'s>(x: &mut Exchange<'s>, plan: &GenPlan) -> Result<(Running<'s>, Instant), Gone> {
+    let seqs = u32::try_from(plan.answers.len()).unwrap_or(u32::MAX);
+    let prompts: Vec<&PromptDigest> = plan.prompts.iter().collect();
+    let sh = x.sh;
+    let running = sh
+        .engine
+        .admit(x.conn, seqs, plan.kv_tokens(), &prompts)
+        .await?;
+    let first = x.first_token_at(plan.prompt_tokens.saturating_sub(running.cached_tokens));
+    Ok((running, first))
+}
+
 async fn stream(x: &mut Exchange<'_>, plan: &GenPlan, tracker: Tracker<'_>) -> Result<Flow, Gone> {
     x.slow_headers().await?;
     let mut head = Vec::with_capacity(192);
@@ -188,16 +217,11 @@ async fn stream(x: &mut Exchange<'_>, plan: &GenPlan, tracker: Tracker<'_>) -> R
         return Ok(Flow::Close);
     }
 
-    let sh = x.sh;
-    let seqs = u32::try_from(plan.answers.len()).unwrap_or(u32::MAX);
-    let prompts: Vec<&PromptDigest> = plan.prompts.iter().collect();
-    let running = sh
-        .engine
-        .admit(x.conn, seqs, plan.kv_tokens(), &prompts)
-        .await?;
-    let cached = running.cached_tokens;
-    let first = x.first_token_at(plan.prompt_tokens.saturating_sub(cached));
-    let cached_report = sh.engine.prefix_cache_enabled().then_some(cached);
+    let (running, first) = admit(x, plan).await?;
+    let cached_report =
+        x.sh.engine
+            .prefix_cache_enabled()
+            .then_some(running.cached_tokens);
 
     let mut w = ChunkWriter::new(plan.api, &plan.id, plan.created, &plan.model);
     let longest = plan.answers.iter().map(|a| a.tokens()).max().unwrap_or(0);
@@ -288,14 +312,8 @@ async fn stream(x: &mut Exchange<'_>, plan: &GenPlan, tracker: Tracker<'_>) -> R
 async fn full(x: &mut Exchange<'_>, plan: &GenPlan, tracker: Tracker<'_>) -> Result<Flow, Gone> {
     let sh = x.sh;
     let f = x.faults;
-    let seqs = u32::try_from(plan.answers.len()).unwrap_or(u32::MAX);
-    let prompts: Vec<&PromptDigest> = plan.prompts.iter().collect();
-    let running = sh
-        .engine
-        .admit(x.conn, seqs, plan.kv_tokens(), &prompts)
-        .await?;
+    let (running, first) = admit(x, plan).await?;
     let cached = running.cached_tokens;
-    let first = x.first_token_at(plan.prompt_tokens.saturating_sub(cached));
     let total: u32 = plan.answers.iter().map(|a| a.tokens()).sum();
     let longest = plan.answers.iter().map(|a| a.tokens()).max().unwrap_or(0);
     let n = u32::try_from(plan.answers.len()).unwrap_or(1).max(1);
@@ -350,11 +368,7 @@ async fn full(x: &mut Exchange<'_>, plan: &GenPlan, tracker: Tracker<'_>) -> Res
     );
     if f.close_after_headers {
         x.fault();
-        let mut head = Vec::with_capacity(192);
-        let headers = [("content-type", JSON), ("x-request-id", x.rid)];
-        let framing = Framing::Length(body.len() as u64);
-        write_head(&mut head, 200, &headers, framing, x.keep_alive);
-        x.conn.write_all(&head).await?;
+        x.head_only(body.len()).await?;
         tracker.finish(Outcome::Faulted);
         return Ok(Flow::Close);
     }
@@ -426,16 +440,7 @@ pub(crate) async fn run_embedding(x: &mut Exchange<'_>, plan: EmbedPlan) -> Flow
         let body = embedding_body(&plan);
         if x.faults.close_after_headers {
             x.fault();
-            let mut head = Vec::with_capacity(192);
-            let headers = [("content-type", JSON), ("x-request-id", x.rid)];
-            write_head(
-                &mut head,
-                200,
-                &headers,
-                Framing::Length(body.len() as u64),
-                x.keep_alive,
-            );
-            x.conn.write_all(&head).await?;
+            x.head_only(body.len()).await?;
             return Ok::<_, Gone>((Flow::Close, true));
         }
         let flow = x.send_json(200, &body).await;

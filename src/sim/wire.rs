@@ -266,6 +266,32 @@ struct Full<'a, C> {
     kv_transfer_params: Option<()>,
 }
 
+impl<'a, C: Serialize> Full<'a, C> {
+    /// The envelope vLLM puts around the choices; its extra keys are always null.
+    fn new(
+        id: &'a str,
+        object: &'static str,
+        created: u64,
+        model: &'a str,
+        choices: Vec<C>,
+        usage: &Usage,
+    ) -> Self {
+        Self {
+            id,
+            object,
+            created,
+            model,
+            choices,
+            service_tier: None,
+            system_fingerprint: None,
+            usage: usage.into(),
+            prompt_logprobs: None,
+            prompt_token_ids: None,
+            kv_transfer_params: None,
+        }
+    }
+}
+
 /// The non-streaming `chat.completion` / `text_completion` object.
 pub(crate) fn full_response(
     api: Api,
@@ -276,12 +302,8 @@ pub(crate) fn full_response(
     usage: &Usage,
 ) -> Vec<u8> {
     let result = match api {
-        Api::Chat => serde_json::to_vec(&Full {
-            id,
-            object: "chat.completion",
-            created,
-            model,
-            choices: answers
+        Api::Chat => {
+            let choices = answers
                 .iter()
                 .enumerate()
                 .map(|(index, a)| ChatChoice {
@@ -301,20 +323,18 @@ pub(crate) fn full_response(
                     stop_reason: a.stop_reason.as_deref(),
                     token_ids: None,
                 })
-                .collect(),
-            service_tier: None,
-            system_fingerprint: None,
-            usage: usage.into(),
-            prompt_logprobs: None,
-            prompt_token_ids: None,
-            kv_transfer_params: None,
-        }),
-        Api::Completion => serde_json::to_vec(&Full {
-            id,
-            object: "text_completion",
-            created,
-            model,
-            choices: answers
+                .collect();
+            serde_json::to_vec(&Full::new(
+                id,
+                "chat.completion",
+                created,
+                model,
+                choices,
+                usage,
+            ))
+        }
+        Api::Completion => {
+            let choices = answers
                 .iter()
                 .enumerate()
                 .map(|(index, a)| TextChoice {
@@ -325,14 +345,16 @@ pub(crate) fn full_response(
                     stop_reason: a.stop_reason.as_deref(),
                     prompt_logprobs: None,
                 })
-                .collect(),
-            service_tier: None,
-            system_fingerprint: None,
-            usage: usage.into(),
-            prompt_logprobs: None,
-            prompt_token_ids: None,
-            kv_transfer_params: None,
-        }),
+                .collect();
+            serde_json::to_vec(&Full::new(
+                id,
+                "text_completion",
+                created,
+                model,
+                choices,
+                usage,
+            ))
+        }
     };
     result.unwrap_or_default()
 }

@@ -229,3 +229,13 @@ pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> RawResponse {
     let (bytes, _) = read_to_end(&mut s, Duration::from_secs(10)).await;
     parse_response(&bytes)
 }
+
+/// POSTs `body` as JSON to `url`.
+pub async fn post(url: String, body: &Value) -> reqwest::Response {
+    client().post(url).json(body).send().await.unwrap()
+}
+
+/// POSTs `body` as JSON to `url` and parses the answer as JSON (whatever its status).
+pub async fn post_for_json(url: String, body: &Value) -> Value {
+    post(url, body).await.json().await.unwrap()
+}
