@@ -1,14 +1,12 @@
 //! vllm-gateway: an OpenAI-compatible ingress gateway for pools of vLLM
 //! workers, built on Pingora. `main.rs` only wires the command line to the
 //! entry points here, which the integration tests share.
-#![cfg_attr(
-    not(test),
-    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
-)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod error;
 pub mod forward;
 pub mod gateway;
@@ -17,5 +15,6 @@ pub mod metrics;
 pub mod pool;
 pub mod proxy;
 pub mod shutdown;
+pub mod sim;
 pub mod state;
 pub mod telemetry;
