@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use crate::config::Config;
 use crate::gateway::{self, StartOptions};
+use crate::sim::{SimArgs, Simulator};
 
 /// `vllm-gateway serve --config PATH`
 pub fn serve(path: &Path) -> ExitCode {
@@ -51,6 +52,47 @@ pub fn check_config(path: &Path) -> ExitCode {
             for issue in e.issues() {
                 eprintln!("{}: {issue}", path.display());
             }
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `vllm-gateway simulate --listen ADDR --model NAME [...]`: one simulated
+/// vLLM worker in the foreground until Ctrl-C.
+pub fn simulate(args: SimArgs) -> ExitCode {
+    let cfg = match args.into_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("invalid simulator options: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cfg.threads.max(1))
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let listen = cfg.listen;
+    let result = runtime.block_on(async move {
+        let addr = listen.unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 8000)));
+        let listener = Simulator::bind(addr)?;
+        tracing::info!(
+            listen = %listener.local_addr()?,
+            models = ?cfg.models,
+            "simulated vLLM worker serving"
+        );
+        Simulator::run(listener, cfg).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("simulator failed: {e}");
             ExitCode::from(1)
         }
     }

@@ -14,9 +14,9 @@ use vllm_gateway::telemetry::LogFormat;
     about = "An OpenAI-compatible gateway for pools of vLLM workers"
 )]
 struct Cli {
-    /// Log line format.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Json)]
-    log_format: LogFormat,
+    /// Log line format (default: json for `serve`, text otherwise).
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -34,13 +34,23 @@ enum Command {
         /// Configuration file.
         path: PathBuf,
     },
+    /// Run one simulated vLLM worker (no GPU needed).
+    Simulate(vllm_gateway::sim::SimArgs),
+    /// The embedded default: two simulated workers and the gateway in front of them.
+    Demo(vllm_gateway::demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
     let args = Cli::parse();
-    vllm_gateway::telemetry::init(args.log_format);
+    let default_format = match args.command {
+        Command::Serve { .. } => LogFormat::Json,
+        _ => LogFormat::Text,
+    };
+    vllm_gateway::telemetry::init(args.log_format.unwrap_or(default_format));
     match args.command {
         Command::Serve { config } => cli::serve(&config),
         Command::CheckConfig { path } => cli::check_config(&path),
+        Command::Simulate(args) => cli::simulate(args),
+        Command::Demo(args) => vllm_gateway::demo::run(&args),
     }
 }
