@@ -3,4 +3,5 @@
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
+pub mod sse;
 pub mod usage;
