@@ -193,6 +193,10 @@ impl SseScanner {
     /// The framing pass over one chunk. Events that end in it are inspected (and in Strip mode
     /// possibly dropped); a tail event that does not end is carried to the next chunk.
     fn scan(&mut self, chunk: &[u8], out: &mut Out) {
+        if chunk.is_empty() {
+            // Nothing to see, and the CR-then-LF state must survive until a byte arrives.
+            return;
+        }
         let len = chunk.len();
         let mut i = 0;
         // Bytes of `chunk` before `emit_from` are already in `out`, dropped, or held.
@@ -215,10 +219,12 @@ impl SseScanner {
             if self.at_line_start {
                 let b = chunk[i];
                 if b == b'\n' || b == b'\r' {
-                    // An empty line: it ends the current event, if there is one.
+                    // An empty line: it ends the current event, if there is one. The event is
+                    // complete at `i + 1`, even if an LF (maybe in the next chunk) follows a CR.
+                    let complete_at = i + 1;
                     i = self.skip_line_end(chunk, i);
                     if self.in_event {
-                        self.end_event(chunk, ev_start, i, out, &mut emit_from);
+                        self.end_event(chunk, ev_start, complete_at, i, out, &mut emit_from);
                         ev_start = None;
                     }
                     continue;
@@ -270,11 +276,14 @@ impl SseScanner {
         next
     }
 
-    /// The current event ended just before `end`, its closing blank line included.
+    /// The current event is complete at `complete_at` and ends just before `end` (its closing
+    /// blank line included; `end` is one more when the LF of a CRLF is in this chunk). The size
+    /// bound is judged at `complete_at`, so the verdict does not depend on where chunks split.
     fn end_event(
         &mut self,
         chunk: &[u8],
         ev_start: Option<usize>,
+        complete_at: usize,
         end: usize,
         out: &mut Out,
         emit_from: &mut usize,
@@ -289,7 +298,7 @@ impl SseScanner {
         let dropped = match ev_start {
             Some(start) => {
                 let event = &chunk[start..end];
-                if event.len() > self.max_event {
+                if complete_at - start > self.max_event {
                     // Same verdict as when the event is split over chunks (see `overflow`).
                     self.facts.malformed = true;
                     false
@@ -305,8 +314,7 @@ impl SseScanner {
             }
             None => {
                 // It began in an earlier chunk: its head is in `carry`.
-                let head = &chunk[..end];
-                if self.carry.len() + head.len() > self.max_event {
+                if self.carry.len() + complete_at > self.max_event {
                     // Over the bound once complete: not inspected, held head released; the rest
                     // flows from `emit_from` (still 0). Same verdict as for an unsplit event.
                     self.facts.malformed = true;
@@ -314,7 +322,7 @@ impl SseScanner {
                     self.carry.clear();
                     return;
                 }
-                self.carry.extend_from_slice(head);
+                self.carry.extend_from_slice(&chunk[..end]);
                 let event = if self.at_stream_start {
                     self.carry.strip_prefix(BOM).unwrap_or(&self.carry)
                 } else {
@@ -475,6 +483,21 @@ mod tests {
             .feed(Bytes::from(usage[..usage.len() - 1].to_string()))
             .is_empty());
         assert_eq!(s.feed(Bytes::from(format!("\n{done}"))), done.as_bytes());
+    }
+
+    #[test]
+    fn empty_chunks_keep_the_framing_state() {
+        let mut s = SseScanner::new(UsageMode::StripUsageChunk);
+        let usage = USAGE.replace('\n', "\r\n");
+        let mut out = s
+            .feed(Bytes::from(usage[..usage.len() - 1].to_string()))
+            .to_vec();
+        out.extend_from_slice(&s.feed(Bytes::new()));
+        out.extend_from_slice(&s.feed(Bytes::from("\ndata: [DONE]\r\n")));
+        out.extend_from_slice(&s.feed(Bytes::new()));
+        out.extend_from_slice(&s.feed(Bytes::from("\r\n")));
+        assert_eq!(out, b"data: [DONE]\r\n\r\n");
+        assert_eq!((s.events(), s.saw_done()), (2, true));
     }
 
     #[test]
