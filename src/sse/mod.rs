@@ -362,7 +362,8 @@ impl SseScanner {
 }
 
 /// The bytes `feed` returns in Strip mode, built without copying while they are one run of the
-/// input chunk.
+/// input chunk. When bytes must be joined, the buffer is sized for the whole chunk up front (an
+/// upper bound on what can still follow), so a `feed` allocates at most once.
 enum Out {
     /// Observe mode: nothing is collected.
     Discard,
@@ -383,7 +384,7 @@ impl Out {
             Out::Empty => *self = Out::Run(from, to),
             Out::Run(_, end) if *end == from => *end = to,
             Out::Run(start, end) => {
-                let mut joined = BytesMut::with_capacity((*end - *start) + bytes.len());
+                let mut joined = BytesMut::with_capacity(chunk.len());
                 joined.extend_from_slice(chunk.get(*start..*end).unwrap_or_default());
                 joined.extend_from_slice(bytes);
                 *self = Out::Joined(joined);
@@ -399,9 +400,13 @@ impl Out {
         }
         match self {
             Out::Discard => {}
-            Out::Empty => *self = Out::Joined(BytesMut::from(held)),
+            Out::Empty => {
+                let mut joined = BytesMut::with_capacity(held.len() + chunk.len());
+                joined.extend_from_slice(held);
+                *self = Out::Joined(joined);
+            }
             Out::Run(start, end) => {
-                let mut joined = BytesMut::with_capacity((*end - *start) + held.len());
+                let mut joined = BytesMut::with_capacity(held.len() + chunk.len());
                 joined.extend_from_slice(chunk.get(*start..*end).unwrap_or_default());
                 joined.extend_from_slice(held);
                 *self = Out::Joined(joined);
