@@ -153,7 +153,7 @@ fn bench_usage(c: &mut Criterion) {
     let mut group = c.benchmark_group("usage_from_response");
     for (name, body) in [
         ("chat_4KiB", chat.as_bytes()),
-        ("embeddings_1MiB", embeddings.as_bytes()),
+        ("embeddings_32x4096", embeddings.as_bytes()),
     ] {
         assert!(usage_from_response(body).is_some());
         group.throughput(Throughput::Bytes(body.len() as u64));

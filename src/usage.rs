@@ -2,10 +2,12 @@
 //!
 //! The gateway needs the `usage` object of a non-streaming answer (chat, text completion, embeddings)
 //! and of the usage-bearing stream chunks. Both are JSON objects with `usage` as a top-level key
-//! (../shared/reference/chat-completions.md §3, §4, §6; vllm.md §5). Parsing a whole answer only to
-//! read three integers would cost an allocation per choice and per string, so [`top_level_value`]
-//! walks the top-level object without building anything, skipping values with `memchr`, and only the
-//! `usage` value itself goes through serde.
+//! (../shared/reference/chat-completions.md §3, §4, §6; vllm.md §5). Rather than parse a whole
+//! answer to read three integers, `top_level_value` walks the top-level object, skipping strings
+//! with `memchr` and containers with a depth counter, and only the `usage` value goes through
+//! serde. On a 1.4 MB embeddings answer that is ~2.7x faster than a serde_json parse into a struct
+//! keeping only `usage` (the floats are the cost); on a 4 KiB chat answer they are on par
+//! (`cargo bench --bench sse`, group `usage_from_response`).
 
 use memchr::memchr2;
 use serde::Deserialize;

@@ -432,6 +432,13 @@ mod tests {
     const USAGE: &str = "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"total_tokens\":5,\"completion_tokens\":2}}\n\n";
     const DONE: &str = "data: [DONE]\n\n";
 
+    /// Pingora keeps the request context across awaits and threads (`ProxyHttp::CTX: Send + Sync`).
+    #[test]
+    fn scanner_can_live_in_the_request_context() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<SseScanner>();
+    }
+
     #[test]
     fn observe_returns_the_same_bytes() {
         let mut s = SseScanner::new(UsageMode::Observe);
