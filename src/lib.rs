@@ -1,7 +1,10 @@
 //! vllm-gateway: an OpenAI-compatible ingress gateway for pools of vLLM
 //! workers, built on Pingora. `main.rs` only wires the command line to the
 //! entry points here, which the integration tests share.
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 pub mod admin;
 pub mod cli;
@@ -16,5 +19,7 @@ pub mod pool;
 pub mod proxy;
 pub mod shutdown;
 pub mod sim;
+pub mod sse;
 pub mod state;
 pub mod telemetry;
+pub mod usage;
