@@ -108,8 +108,11 @@ mod tests {
             listen: "127.0.0.1:0".parse().unwrap(),
             admin_listen: "127.0.0.1:0".parse().unwrap(),
         };
-        let c = demo_config(&args, &["http://127.0.0.1:1".into(), "http://127.0.0.1:2".into()])
-            .unwrap();
+        let c = demo_config(
+            &args,
+            &["http://127.0.0.1:1".into(), "http://127.0.0.1:2".into()],
+        )
+        .unwrap();
         assert_eq!(c.models[0].name, DEMO_MODEL);
         assert_eq!(c.models[0].workers.len(), 2);
     }
