@@ -14,6 +14,7 @@ pub mod error;
 pub mod forward;
 pub mod gateway;
 pub mod listener;
+pub mod metering;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;
