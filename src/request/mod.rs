@@ -10,6 +10,13 @@
 //! 4. [`resolve_limit`]: the output limit to enforce, or the 400 to send;
 //! 5. [`rewrite_body`]: the new body, every byte but the edited members as received.
 
+mod facts;
+pub mod invalid;
 pub mod parse;
+pub mod tokens;
+mod validate;
 
+pub use facts::ChatFacts;
+pub use invalid::{codes, Invalid};
 pub use parse::{parse_body, BodyError, BodyErrorKind, JsonLimits};
+pub use validate::{validate_chat, ValidationPolicy};
