@@ -12,11 +12,18 @@
 
 mod facts;
 pub mod invalid;
+pub mod limits;
 pub mod parse;
+pub mod splice;
 pub mod tokens;
 mod validate;
 
 pub use facts::ChatFacts;
 pub use invalid::{codes, Invalid};
+pub use limits::{
+    resolve_limit, ClampReason, LimitDecision, LimitError, LimitField, LimitPolicy, LimitSource,
+    OnExceed,
+};
 pub use parse::{parse_body, BodyError, BodyErrorKind, JsonLimits};
+pub use splice::{rewrite_body, rewrite_bytes, RewritePlan, SpliceError};
 pub use validate::{validate_chat, ValidationPolicy};
