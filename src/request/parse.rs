@@ -103,6 +103,23 @@ impl fmt::Display for BodyErrorKind {
     }
 }
 
+impl BodyErrorKind {
+    /// A stable snake_case name for the kind (logs, metrics, test fixtures).
+    pub fn code(&self) -> &'static str {
+        match self {
+            BodyErrorKind::InvalidUtf8 => "invalid_utf8",
+            BodyErrorKind::UnexpectedEof => "unexpected_eof",
+            BodyErrorKind::ControlCharacter => "control_character",
+            BodyErrorKind::TrailingCharacters => "trailing_characters",
+            BodyErrorKind::TooDeep { .. } => "too_deep",
+            BodyErrorKind::StringTooLong { .. } => "string_too_long",
+            BodyErrorKind::DuplicateKey(_) => "duplicate_key",
+            BodyErrorKind::NotAnObject => "not_an_object",
+            BodyErrorKind::Syntax(_) => "invalid_json",
+        }
+    }
+}
+
 impl BodyError {
     /// The message for the client (400, `invalid_request_error`, param null).
     pub fn client_message(&self) -> String {
