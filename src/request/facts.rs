@@ -41,8 +41,9 @@ impl ChatFacts {
     ///
     /// What is hashed: the stream, in message order, of each message's role, name, text
     /// (string content, text and refusal parts), the identity of non-text parts (type and
-    /// URL/data/file id) and assistant tool calls (name, arguments), with separator bytes
-    /// between fields and messages. Tool definitions are not hashed (templates place them
+    /// URL/data/file id) and assistant tool calls (name, arguments), in that fixed order
+    /// whatever the order of keys in the JSON, with separator bytes between fields and
+    /// messages. A string and a single text part with the same text hash alike. Tool definitions are not hashed (templates place them
     /// differently; requests that vary only tools share a key, costing cache hits, never
     /// correctness).
     ///

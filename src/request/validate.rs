@@ -164,17 +164,9 @@ pub(crate) struct Acc {
 }
 
 impl Acc {
-    /// Text the template will tokenize; also part of the prefix stream.
+    /// Text the template will tokenize.
     pub(crate) fn text(&mut self, s: &str) {
         self.text_bytes = self.text_bytes.saturating_add(s.len());
-        self.hash(s.as_bytes());
-    }
-
-    /// Bytes of the prefix stream only (separators, media identity).
-    pub(crate) fn hash(&mut self, b: &[u8]) {
-        if !self.prefix.is_full() {
-            self.prefix.feed(b);
-        }
     }
 }
 

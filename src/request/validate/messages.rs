@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 
 use super::check::{self, VResult};
 use super::Cx;
-use crate::request::facts::{SEP_FIELD, SEP_MESSAGE, SEP_ROLE};
+use crate::request::facts::{PrefixHasher, SEP_FIELD, SEP_MESSAGE, SEP_ROLE};
 use crate::request::invalid::{self, invalid_type, missing, unknown, Path};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -112,7 +112,6 @@ fn message(m: &Value, p: &Path<'_>, cx: &mut Cx<'_>) -> VResult {
     };
     // The role name is rendered (and tokenized) by every template.
     cx.acc.text(role_str);
-    cx.acc.hash(SEP_ROLE);
 
     let vllm_keys = cx.policy.allow_vllm_message_fields || role == Role::Custom;
     let mut seen = Present::default();
@@ -126,7 +125,6 @@ fn message(m: &Value, p: &Path<'_>, cx: &mut Cx<'_>) -> VResult {
             }
             ("name", r) if r != Role::Tool => {
                 cx.acc.text(check::want_str(val, &kp)?);
-                cx.acc.hash(SEP_FIELD);
                 seen.name = true;
             }
             ("tool_call_id", Role::Tool | Role::Custom) => {
@@ -206,7 +204,9 @@ fn message(m: &Value, p: &Path<'_>, cx: &mut Cx<'_>) -> VResult {
     if role == Role::Tool && !seen.tool_call_id {
         return Err(missing(&p.key("tool_call_id")));
     }
-    cx.acc.hash(SEP_MESSAGE);
+    if !cx.acc.prefix.is_full() {
+        hash_message(&mut cx.acc.prefix, obj, role_str);
+    }
     Ok(())
 }
 
@@ -216,7 +216,6 @@ fn content(v: &Value, p: &Path<'_>, role: Role, cx: &mut Cx<'_>) -> VResult {
     match v {
         Value::String(s) => {
             cx.acc.text(s);
-            cx.acc.hash(SEP_FIELD);
             Ok(())
         }
         Value::Null if matches!(role, Role::Assistant | Role::Function | Role::Custom) => Ok(()),
@@ -294,7 +293,6 @@ fn content_part(v: &Value, p: &Path<'_>, role: Role, count: usize, cx: &mut Cx<'
                 )?;
             }
             cx.acc.text(text);
-            cx.acc.hash(SEP_FIELD);
         }
         // "one or more text, or exactly one refusal" (CC §2).
         "refusal" => {
@@ -307,31 +305,30 @@ fn content_part(v: &Value, p: &Path<'_>, role: Role, count: usize, cx: &mut Cx<'
             check::only_keys(obj, p, &["type", "refusal"])?;
             let r = check::want_str(check::required(obj, p, "refusal")?, &p.key("refusal"))?;
             cx.acc.text(r);
-            cx.acc.hash(SEP_FIELD);
         }
         "image_url" => {
             keys_plus(obj, p, &["type", "image_url"], uuid)?;
             let ip = p.key("image_url");
             let img = check::want_object(check::required(obj, p, "image_url")?, &ip)?;
             check::only_keys(img, &ip, &["url", "detail"])?;
-            let url = check::want_str(check::required(img, &ip, "url")?, &ip.key("url"))?;
+            check::want_str(check::required(img, &ip, "url")?, &ip.key("url"))?;
             if let Some(d) = img.get("detail") {
                 check::one_of(d, &ip.key("detail"), &["auto", "low", "high"])?;
             }
-            media(cx, ty, url);
+            media(cx);
         }
         "input_audio" => {
             keys_plus(obj, p, &["type", "input_audio"], uuid)?;
             let ap = p.key("input_audio");
             let a = check::want_object(check::required(obj, p, "input_audio")?, &ap)?;
             check::only_keys(a, &ap, &["data", "format"])?;
-            let data = check::want_str(check::required(a, &ap, "data")?, &ap.key("data"))?;
+            check::want_str(check::required(a, &ap, "data")?, &ap.key("data"))?;
             check::one_of(
                 check::required(a, &ap, "format")?,
                 &ap.key("format"),
                 &["wav", "mp3"],
             )?;
-            media(cx, ty, data);
+            media(cx);
         }
         // No key inside `file` is required (CC §2.1).
         "file" => {
@@ -339,14 +336,10 @@ fn content_part(v: &Value, p: &Path<'_>, role: Role, count: usize, cx: &mut Cx<'
             let fp = p.key("file");
             let f = check::want_object(check::required(obj, p, "file")?, &fp)?;
             check::only_keys(f, &fp, &["file_id", "file_data", "filename"])?;
-            let mut ident = "";
             for (k, val) in f {
-                let s = check::want_str(val, &fp.key(k))?;
-                if k != "filename" {
-                    ident = s;
-                }
+                check::want_str(val, &fp.key(k))?;
             }
-            media(cx, ty, ident);
+            media(cx);
         }
         _ => vllm_part(ty, obj, p, cx)?,
     }
@@ -362,13 +355,10 @@ fn keys_plus(obj: &Map<String, Value>, p: &Path<'_>, base: &[&str], extra: &[&st
     Ok(())
 }
 
-/// A non-text part: counted, and its identity (type, URL or data) joins the prefix stream
-/// so requests with different images do not share a key.
-fn media(cx: &mut Cx<'_>, ty: &str, ident: &str) {
+/// A non-text part: counted for token estimates (`hash_message` adds its identity to the
+/// prefix stream).
+fn media(cx: &mut Cx<'_>) {
     cx.acc.non_text_parts += 1;
-    cx.acc.hash(ty.as_bytes());
-    cx.acc.hash(ident.as_bytes());
-    cx.acc.hash(SEP_FIELD);
 }
 
 /// Shapes of vLLM's own parts (vLLM §1; vLLM's chat `types.py`).
@@ -380,24 +370,23 @@ fn vllm_part(ty: &str, obj: &Map<String, Value>, p: &Path<'_>, cx: &mut Cx<'_>) 
             let up = p.key(ty);
             let u = check::want_object(check::required(obj, p, ty)?, &up)?;
             check::only_keys(u, &up, &["url"])?;
-            let url = check::want_str(check::required(u, &up, "url")?, &up.key("url"))?;
-            media(cx, ty, url);
+            check::want_str(check::required(u, &up, "url")?, &up.key("url"))?;
+            media(cx);
         }
         // A base64 string or an object of tensors.
         "image_embeds" | "audio_embeds" | "video_embeds" => {
             keys_plus(obj, p, &["type", ty], &["uuid"])?;
             let ep = p.key(ty);
-            let ident = match obj.get(ty) {
-                None | Some(Value::Null) | Some(Value::Object(_)) => "",
-                Some(Value::String(s)) => s.as_str(),
+            match obj.get(ty) {
+                None | Some(Value::Null | Value::Object(_) | Value::String(_)) => {}
                 Some(other) => return Err(invalid_type(&ep, "a string or an object", other)),
-            };
-            media(cx, ty, ident);
+            }
+            media(cx);
         }
         "prompt_embeds" => {
             check::only_keys(obj, p, &["type", "data"])?;
-            let d = check::want_str(check::required(obj, p, "data")?, &p.key("data"))?;
-            media(cx, ty, d);
+            check::want_str(check::required(obj, p, "data")?, &p.key("data"))?;
+            media(cx);
         }
         "thinking" => {
             check::only_keys(obj, p, &["type", "thinking", "closed"])?;
@@ -406,13 +395,11 @@ fn vllm_part(ty: &str, obj: &Map<String, Value>, p: &Path<'_>, cx: &mut Cx<'_>) 
                 check::want_bool(c, &p.key("closed"))?;
             }
             cx.acc.text(t);
-            cx.acc.hash(SEP_FIELD);
         }
         "tool_reference" => {
             check::only_keys(obj, p, &["type", "name"])?;
             let n = check::want_str(check::required(obj, p, "name")?, &p.key("name"))?;
             cx.acc.text(n);
-            cx.acc.hash(SEP_FIELD);
         }
         _ => {}
     }
@@ -425,8 +412,8 @@ fn bare_part(obj: &Map<String, Value>, p: &Path<'_>, cx: &mut Cx<'_>) -> VResult
     for ty in ["image_url", "audio_url", "video_url"] {
         if let Some(v) = obj.get(ty) {
             keys_plus(obj, p, &[ty], &["uuid"])?;
-            let url = check::want_str(v, &p.key(ty))?;
-            media(cx, ty, url);
+            check::want_str(v, &p.key(ty))?;
+            media(cx);
             return Ok(());
         }
     }
@@ -464,7 +451,6 @@ fn tool_calls(v: &Value, p: &Path<'_>, cx: &mut Cx<'_>) -> VResult<bool> {
         for f in fields {
             let s = check::want_str(check::required(body, &bp, f)?, &bp.key(f))?;
             cx.acc.text(s);
-            cx.acc.hash(SEP_FIELD);
         }
     }
     Ok(!items.is_empty())
@@ -488,4 +474,74 @@ fn message_tools(v: &Value, p: &Path<'_>, cx: &mut Cx<'_>) -> VResult {
         cx.acc.text_bytes = cx.acc.text_bytes.saturating_add(super::tools::json_len(t));
     }
     Ok(())
+}
+
+/// Feed one valid message to the prefix hash in a fixed field order (role, name, content,
+/// tool calls), so the key does not depend on the order of keys in the JSON object.
+fn hash_message(h: &mut PrefixHasher, obj: &Map<String, Value>, role: &str) {
+    h.feed(role.as_bytes());
+    h.feed(SEP_ROLE);
+    if let Some(Value::String(name)) = obj.get("name") {
+        h.feed(name.as_bytes());
+        h.feed(SEP_FIELD);
+    }
+    match obj.get("content") {
+        Some(Value::String(s)) => {
+            h.feed(s.as_bytes());
+            h.feed(SEP_FIELD);
+        }
+        Some(Value::Array(parts)) => {
+            for part in parts {
+                hash_part(h, part);
+            }
+        }
+        _ => {}
+    }
+    if let Some(Value::Array(calls)) = obj.get("tool_calls") {
+        for call in calls {
+            let body = call.get("function").or_else(|| call.get("custom"));
+            for k in ["name", "arguments", "input"] {
+                if let Some(Value::String(s)) = body.and_then(|b| b.get(k)) {
+                    h.feed(s.as_bytes());
+                    h.feed(SEP_FIELD);
+                }
+            }
+        }
+    }
+    h.feed(SEP_MESSAGE);
+}
+
+/// Text parts contribute their text; other parts their type and identity (URL, data or
+/// file id), so requests with different images do not share a key.
+fn hash_part(h: &mut PrefixHasher, part: &Value) {
+    let Some(obj) = part.as_object() else {
+        return;
+    };
+    let ty = obj.get("type").and_then(Value::as_str);
+    for k in ["text", "refusal", "thinking"] {
+        if let Some(Value::String(s)) = obj.get(k) {
+            h.feed(s.as_bytes());
+            h.feed(SEP_FIELD);
+            return;
+        }
+    }
+    if let Some(ty) = ty {
+        h.feed(ty.as_bytes());
+    }
+    for (k, v) in obj {
+        if k == "type" || k == "uuid" {
+            continue;
+        }
+        let ident = match v {
+            Value::String(s) => Some(s.as_str()),
+            Value::Object(inner) => ["url", "data", "file_id", "file_data"]
+                .iter()
+                .find_map(|f| inner.get(*f).and_then(Value::as_str)),
+            _ => None,
+        };
+        if let Some(ident) = ident {
+            h.feed(ident.as_bytes());
+        }
+    }
+    h.feed(SEP_FIELD);
 }

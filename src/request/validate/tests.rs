@@ -203,3 +203,30 @@ fn huge_and_deep_but_valid_bodies_pass() {
         ("messages", codes::ARRAY_ABOVE_MAX_LENGTH)
     );
 }
+
+#[test]
+fn prefix_keys_see_media_identity_and_tool_calls() {
+    let img = |url: &str| {
+        json!({"model": "m", "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "what is this?"},
+            {"type": "image_url", "image_url": {"url": url}}]}]})
+    };
+    assert_ne!(
+        ok(img("https://x/a.png")).prefix_key(4096),
+        ok(img("https://x/b.png")).prefix_key(4096)
+    );
+    let call = |args: &str| {
+        json!({"model": "m", "messages": [user("q"), {"role": "assistant", "content": null, "tool_calls": [
+            {"id": "c", "type": "function", "function": {"name": "f", "arguments": args}}]}]})
+    };
+    assert_ne!(
+        ok(call("{}")).prefix_key(4096),
+        ok(call("{\"a\":1}")).prefix_key(4096)
+    );
+    // Same text as a string or as one text part: same prompt, same key.
+    let as_string = ok(json!({"model": "m", "messages": [user("hello")]}));
+    let as_part = ok(
+        json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": "hello"}]}]}),
+    );
+    assert_eq!(as_string.prefix_key(4096), as_part.prefix_key(4096));
+}
