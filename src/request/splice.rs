@@ -2,8 +2,8 @@
 //! plan are replaced, inserted or removed, and every other byte (key order, whitespace,
 //! number spelling, escapes, unknown fields) stays exactly as the client sent it.
 //!
-//! The scanner assumes nothing beyond what it checks: it finds member spans with `memchr`
-//! (strings with escapes, nested containers) and answers `SpliceError` on input it cannot
+//! The scanner assumes nothing beyond what it checks: it finds member spans (strings with
+//! escapes, nested containers; long strings skipped with `memchr`) and answers `SpliceError` on input it cannot
 //! follow, never a panic. In the gateway the body has already passed `parse_body`, so an
 //! error here means a bug, not a client mistake.
 
@@ -11,7 +11,7 @@ use std::borrow::Cow;
 use std::ops::Range;
 
 use bytes::Bytes;
-use memchr::{memchr2, memchr3};
+use memchr::memchr2;
 
 use crate::request::LimitField;
 
@@ -133,17 +133,49 @@ fn skip_ws(b: &[u8], mut i: usize) -> usize {
 fn scan_string(b: &[u8], start: usize) -> Result<usize, SpliceError> {
     let mut i = start + 1;
     loop {
-        let rest = b.get(i..).unwrap_or_default();
-        let Some(k) = memchr2(b'"', b'\\', rest) else {
+        let Some(at) = find_quote_or_backslash(b, i) else {
             return Err(SpliceError::Malformed { offset: b.len() });
         };
-        let at = i + k;
         if b.get(at) == Some(&b'\\') {
             i = at + 2;
         } else {
             return Ok(at + 1);
         }
     }
+}
+
+/// The first `"` or `\` at or after `from`. Most strings in a chat body are short (keys,
+/// roles, ids), where a `memchr2` call costs more than the search; so the first 64 bytes
+/// are searched 8 at a time in a register, and only longer strings go to `memchr2`.
+#[inline]
+fn find_quote_or_backslash(b: &[u8], from: usize) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    // Bytes of `w` equal to `c` get their high bit set in the result (the lowest one is
+    // exact; bits above it may be spurious, which `trailing_zeros` ignores).
+    let has = |w: u64, c: u8| {
+        let x = w ^ (ONES * u64::from(c));
+        x.wrapping_sub(ONES) & !x & HIGHS
+    };
+    let mut i = from;
+    let short_end = from.saturating_add(64).min(b.len());
+    while let Some(chunk) = b.get(i..i + 8).filter(|_| i + 8 <= short_end) {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(chunk);
+        let w = u64::from_le_bytes(w);
+        let hits = has(w, b'"') | has(w, b'\\');
+        if hits != 0 {
+            return Some(i + (hits.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    while i < short_end {
+        if matches!(b.get(i), Some(b'"' | b'\\')) {
+            return Some(i);
+        }
+        i += 1;
+    }
+    memchr2(b'"', b'\\', b.get(i..)?).map(|k| i + k)
 }
 
 /// Returns the offset just past the value starting at `start`.
@@ -167,31 +199,27 @@ fn scan_value(b: &[u8], start: usize) -> Result<usize, SpliceError> {
 }
 
 /// Brackets of one kind nest properly in valid JSON once strings are skipped, so counting
-/// only the container's own kind finds its end.
+/// only the container's own kind finds its end. Outside strings a chat body is mostly
+/// short punctuation runs, walked byte by byte; strings are skipped whole.
 fn scan_container(b: &[u8], start: usize, open: u8, close: u8) -> Result<usize, SpliceError> {
     let mut depth = 0usize;
     let mut i = start;
-    loop {
-        let rest = b.get(i..).unwrap_or_default();
-        let Some(k) = memchr3(b'"', open, close, rest) else {
-            return Err(SpliceError::Malformed { offset: b.len() });
-        };
-        let at = i + k;
-        match b.get(at) {
-            Some(b'"') => i = scan_string(b, at)?,
-            Some(c) if *c == open => {
-                depth += 1;
-                i = at + 1;
-            }
-            _ => {
-                depth = depth.saturating_sub(1);
-                i = at + 1;
-                if depth == 0 {
-                    return Ok(i);
-                }
+    while let Some(&c) = b.get(i) {
+        if c == b'"' {
+            i = scan_string(b, i)?;
+            continue;
+        }
+        if c == open {
+            depth += 1;
+        } else if c == close {
+            depth = depth.saturating_sub(1);
+            if depth == 0 {
+                return Ok(i + 1);
             }
         }
+        i += 1;
     }
+    Err(SpliceError::Malformed { offset: b.len() })
 }
 
 /// Does the member's raw key (with quotes) spell `name`? Escaped keys are decoded first, so
@@ -409,6 +437,37 @@ mod tests {
                 b"[]"
             ]
         );
+    }
+
+    #[test]
+    fn the_fast_string_search_agrees_with_a_naive_one() {
+        for len in 0..150 {
+            for hit in 0..=len {
+                for special in [b'"', b'\\'] {
+                    let mut buf = vec![b'a'; len];
+                    if hit < len {
+                        buf[hit] = special;
+                        // A high byte and a near-miss just before must not confuse the search.
+                        if hit > 0 {
+                            buf[hit - 1] = 0xe9;
+                        }
+                    }
+                    for from in [0, 1, 7, 9].into_iter().filter(|f| *f <= len) {
+                        let naive = buf
+                            .iter()
+                            .skip(from)
+                            .position(|c| *c == b'"' || *c == b'\\')
+                            .map(|k| k + from);
+                        assert_eq!(
+                            find_quote_or_backslash(&buf, from),
+                            naive,
+                            "{len} {hit} {from}"
+                        );
+                    }
+                }
+            }
+        }
+        assert_eq!(find_quote_or_backslash(b"abc", 10), None);
     }
 
     #[test]

@@ -203,7 +203,7 @@ pub(crate) fn json_len(v: &Value) -> usize {
         Value::Null => 4,
         Value::Bool(true) => 4,
         Value::Bool(false) => 5,
-        Value::Number(n) => n.to_string().len(),
+        Value::Number(n) => number_len(n),
         Value::String(s) => string_json_len(s),
         Value::Array(items) => {
             2 + items.iter().map(json_len).sum::<usize>() + 2 * items.len().saturating_sub(1)
@@ -218,16 +218,51 @@ pub(crate) fn json_len(v: &Value) -> usize {
     }
 }
 
+/// Digits (and sign) of an integer; 24 for a float, the longest shortest-round-trip form
+/// of an f64: a bound is all the estimate needs, without formatting anything.
+fn number_len(n: &serde_json::Number) -> usize {
+    let digits = |mut u: u64| {
+        let mut d = 1;
+        while u >= 10 {
+            u /= 10;
+            d += 1;
+        }
+        d
+    };
+    if let Some(u) = n.as_u64() {
+        digits(u)
+    } else if let Some(i) = n.as_i64() {
+        1 + digits(i.unsigned_abs())
+    } else {
+        24
+    }
+}
+
+/// Extra bytes JSON escaping adds to each byte: 1 for the two-character escapes, 5 for
+/// other control characters (`\uXXXX`), 0 otherwise.
+const ESCAPE_EXTRA: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        t[b] = 5;
+        b += 1;
+    }
+    t[b'"' as usize] = 1;
+    t[b'\\' as usize] = 1;
+    t[b'\n' as usize] = 1;
+    t[b'\r' as usize] = 1;
+    t[b'\t' as usize] = 1;
+    t[0x08] = 1;
+    t[0x0c] = 1;
+    t
+};
+
 fn string_json_len(s: &str) -> usize {
-    // Quotes, plus one byte per two-character escape; control characters become \uXXXX.
-    2 + s.len()
-        + s.bytes()
-            .map(|b| match b {
-                b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 1,
-                0..=0x1f => 5,
-                _ => 0,
-            })
-            .sum::<usize>()
+    let extra: usize = s
+        .bytes()
+        .map(|b| usize::from(ESCAPE_EXTRA[usize::from(b)]))
+        .sum();
+    2 + s.len() + extra
 }
 
 #[cfg(test)]
@@ -241,6 +276,13 @@ mod tests {
         // json.dumps(v, sort_keys=True) with ", " and ": " separators:
         let rendered = r#"{"properties": {"a": {"type": "string"}}, "required": ["a", "b"], "type": "object"}"#;
         assert_eq!(json_len(&v), rendered.len());
-        assert_eq!(json_len(&json!("a\"b\n")), r#""a\"b\n""#.len());
+        assert_eq!(json_len(&json!("a\"b\n\u{1}")), r#""a\"b\n\u0001""#.len());
+        assert_eq!(
+            json_len(&json!([0, 7, -12, 123456789])),
+            "[0, 7, -12, 123456789]".len()
+        );
+        assert_eq!(json_len(&json!(i64::MIN)), i64::MIN.to_string().len());
+        assert_eq!(json_len(&json!(u64::MAX)), u64::MAX.to_string().len());
+        assert!(json_len(&json!(0.1)) >= "0.1".len());
     }
 }
