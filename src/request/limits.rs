@@ -125,9 +125,9 @@ pub enum LimitError {
         prompt_tokens: u64,
         completion_tokens: u64,
     },
-    /// The requested output alone exceeds the context (prompt size unknown), under
+    /// The requested output leaves no room for a prompt (prompt size unknown), under
     /// `OnExceed::Reject` (vLLM 0.33 refuses this case itself, vLLM §3).
-    #[error("'{}' is {requested}, but this model's maximum context length is {max_model_len} tokens. Please request fewer output tokens.", field.as_str())]
+    #[error("'{}' is {requested}, which leaves no room for the prompt in this model's maximum context length of {max_model_len} tokens. Please request fewer output tokens.", field.as_str())]
     AboveModelLen {
         field: LimitField,
         requested: u64,
@@ -190,7 +190,8 @@ impl LimitError {
 ///
 /// `prompt_tokens` must be an exact count (or `None`): it decides both clamping and the
 /// `context_length_exceeded` rejection, and an over-estimate would refuse prompts that fit.
-/// With `None`, the prompt is treated as empty for the context arithmetic.
+/// With `None`, the prompt is taken as one token (the least any chat template renders), so
+/// the limit stays below `max_model_len`.
 ///
 /// Steps:
 /// 1. requested = `max_completion_tokens` if set, else `max_tokens` (vLLM 0.33, §3);
@@ -198,7 +199,8 @@ impl LimitError {
 ///    `Ok(None)`: nothing to enforce, forward the body as it is;
 /// 3. above `max_tokens_cap`: clamp, or under `Reject` refuse a value the client chose;
 /// 4. prompt ≥ `max_model_len`: `PromptTooLong`; prompt + limit above it: clamp to what is
-///    left, or under `Reject` refuse a value the client chose;
+///    left, or under `Reject` refuse a value the client chose (an unknown prompt counts as
+///    one token);
 /// 5. `min_tokens` above the final limit, or `truncate_prompt_tokens` above
 ///    `max_model_len − limit`: refuse (vLLM would).
 ///
@@ -236,7 +238,9 @@ pub fn resolve_limit(
             }
             Some(mml - p)
         }
-        (Some(mml), None) => Some(mml),
+        // Unknown prompt: it still renders to at least one token, and vLLM refuses an output
+        // limit that leaves the prompt no room (vllm.md §3).
+        (Some(mml), None) => Some(mml.saturating_sub(1)),
         (None, _) => None,
     };
 
@@ -419,6 +423,17 @@ mod tests {
 
         let e = resolve_limit(&facts(r#","max_tokens":5000"#), &reject, None).unwrap_err();
         assert_eq!(e.param(), "max_tokens");
+        // Prompt unknown: the limit must leave room for at least one prompt token.
+        let e = resolve_limit(&facts(r#","max_tokens":4096"#), &reject, None).unwrap_err();
+        assert_eq!(e.param(), "max_tokens");
+        let d = resolve_limit(&facts(r#","max_tokens":4096"#), &clamp, None)
+            .unwrap()
+            .unwrap();
+        assert_eq!((d.limit, d.clamped_by), (4095, Some(ClampReason::Context)));
+        let d = resolve_limit(&facts(r#","max_tokens":4095"#), &reject, None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(d.limit, 4095);
     }
 
     #[test]
