@@ -128,7 +128,7 @@ pub fn validate_chat(body: &Value, policy: &ValidationPolicy) -> Result<ChatFact
     for (key, value) in obj {
         check_field(key, value, &root.key(key), &mut cx)?;
     }
-    required_fields(obj, &mut cx)?;
+    required_fields(obj, &cx)?;
     cross_field(&cx.seen, &root)?;
 
     let Cx { seen, acc, .. } = cx;
@@ -389,7 +389,7 @@ fn strict_nullable<'v>(
 }
 
 /// `model` and `messages` are required (CC §1).
-fn required_fields(obj: &Map<String, Value>, cx: &mut Cx<'_>) -> VResult {
+fn required_fields(obj: &Map<String, Value>, cx: &Cx<'_>) -> VResult {
     let root = Path::ROOT;
     if !obj.contains_key("model") && !cx.policy.allow_missing_model {
         return Err(missing(&root.key("model")));
