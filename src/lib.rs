@@ -18,6 +18,7 @@ pub mod metering;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;
+pub mod request;
 pub mod shutdown;
 pub mod sim;
 pub mod sse;
