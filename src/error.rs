@@ -32,8 +32,13 @@ pub enum GatewayError {
     #[error("Unsupported Media Type: Only 'application/json' is allowed")]
     UnsupportedMediaType,
 
-    #[error("We could not parse the JSON body of your request: {message} (at byte {offset}).")]
-    MalformedJson { offset: usize, message: String },
+    /// `message` already names the byte offset.
+    #[error("{message}")]
+    MalformedJson {
+        offset: usize,
+        message: String,
+        code: &'static str,
+    },
 
     #[error("{message}")]
     InvalidRequest {
@@ -122,7 +127,7 @@ impl GatewayError {
             BodyTimeout { .. } => Some("request_timeout"),
             BodyRead { .. } => Some("invalid_body"),
             UnsupportedMediaType => Some("unsupported_media_type"),
-            MalformedJson { .. } => Some("invalid_json"),
+            MalformedJson { code, .. } => Some(code),
             InvalidRequest { code, .. } => Some(code),
             NoHealthyWorker { .. } => Some("no_healthy_upstream"),
             ShuttingDown => Some("shutting_down"),

@@ -7,6 +7,7 @@
 )]
 
 pub mod admin;
+pub mod admission;
 pub mod cli;
 pub mod config;
 pub mod demo;

@@ -33,7 +33,10 @@ enum Body {
     /// Before the answer head.
     Unknown,
     Sse(Box<SseScanner>),
-    Json { chunks: Vec<Bytes>, len: usize },
+    Json {
+        chunks: Vec<Bytes>,
+        len: usize,
+    },
     /// Too large to keep, or an error answer: usage is not read.
     Skipped,
 }
@@ -188,7 +191,14 @@ mod tests {
         assert!(!out.contains("usage"));
         assert!(out.ends_with("data: [DONE]\n\n"));
         let metered = m.settle(99);
-        assert_eq!((metered.prompt_tokens, metered.completion_tokens, metered.exact), (7, 2, true));
+        assert_eq!(
+            (
+                metered.prompt_tokens,
+                metered.completion_tokens,
+                metered.exact
+            ),
+            (7, 2, true)
+        );
     }
 
     #[test]
@@ -201,11 +211,20 @@ mod tests {
 
     #[test]
     fn a_cut_stream_is_estimated() {
-        let cut = STREAM.find("data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[]").unwrap();
+        let cut = STREAM
+            .find("data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[]")
+            .unwrap();
         let mut m = AnswerMeter::new(true);
         let _ = run(&mut m, &STREAM[..cut], 10);
         let metered = m.settle(40);
-        assert_eq!((metered.prompt_tokens, metered.completion_tokens, metered.exact), (40, 2, false));
+        assert_eq!(
+            (
+                metered.prompt_tokens,
+                metered.completion_tokens,
+                metered.exact
+            ),
+            (40, 2, false)
+        );
     }
 
     #[test]

@@ -19,8 +19,10 @@ use pingora_error::{Error, ErrorType};
 use pingora_http::ResponseHeader;
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
+use crate::admission;
 use crate::error::GatewayError;
-use crate::forward::{self, ExchangeReport, PassThrough, UpstreamRequest};
+use crate::forward::{self, ExchangeReport, UpstreamRequest};
+use crate::metering::{AnswerMeter, Metered};
 use crate::metrics::{status_class, UNKNOWN_MODEL};
 use crate::state::{InFlight, Shared, Snapshot};
 
@@ -99,6 +101,8 @@ pub struct RequestCtx {
     /// Status the gateway answered with itself (0 = see the exchange report).
     own_status: u16,
     error_kind: Option<&'static str>,
+    limit_note: Option<&'static str>,
+    usage: Option<Metered>,
     report: ExchangeReport,
     _in_flight: Option<InFlight>,
 }
@@ -115,6 +119,8 @@ impl ProxyHttp for Gateway {
             model: Arc::from(UNKNOWN_MODEL),
             own_status: 0,
             error_kind: None,
+            limit_note: None,
+            usage: None,
             report: ExchangeReport::default(),
             _in_flight: None,
         }
@@ -206,6 +212,10 @@ impl ProxyHttp for Gateway {
             attempts = ctx.report.attempts,
             retries = ctx.report.retries,
             client_gone = ctx.report.client_gone,
+            prompt_tokens = ctx.usage.map(|u| u.prompt_tokens),
+            completion_tokens = ctx.usage.map(|u| u.completion_tokens),
+            usage_exact = ctx.usage.map(|u| u.exact),
+            limit = ctx.limit_note,
             error = ctx.error_kind.or(ctx.report.failed_mid_answer),
         );
     }
@@ -286,54 +296,35 @@ impl Gateway {
         check_content_type(session)?;
         let server = &snapshot.config.server;
         let body = read_body(session, server.max_body_bytes, server.body_read_timeout).await?;
-        let parsed: serde_json::Value =
-            serde_json::from_slice(&body).map_err(|e| GatewayError::MalformedJson {
-                offset: byte_offset(&body, e.line(), e.column()),
-                message: e.to_string(),
-            })?;
-        let model = match parsed.get("model") {
-            Some(serde_json::Value::String(m)) => m.as_str(),
-            Some(_) => {
-                return Err(GatewayError::InvalidRequest {
-                    message: "`model` must be a string.".into(),
-                    param: Some("model".into()),
-                    code: "invalid_type",
-                })
-            }
-            None => {
-                return Err(GatewayError::InvalidRequest {
-                    message: "you must provide a model parameter".into(),
-                    param: Some("model".into()),
-                    code: "missing_required_parameter",
-                })
-            }
+        let admitted = match endpoint {
+            Endpoint::ChatCompletions => admission::chat(&self.shared, snapshot, body).await?,
+            Endpoint::Completions => admission::other(snapshot, body, true)?,
+            _ => admission::other(snapshot, body, false)?,
         };
-        let Some(pool) = snapshot.pool(model) else {
-            return Err(GatewayError::ModelNotFound {
-                model: truncate(model, 256),
-            });
-        };
-        ctx.model = Arc::clone(&pool.model);
-        let stream = parsed.get("stream").and_then(serde_json::Value::as_bool) == Some(true);
-
+        ctx.model = Arc::clone(&admitted.pool.model);
+        ctx.limit_note = admitted.limit_note;
         let req = UpstreamRequest {
             path: endpoint.upstream_path(),
-            body,
-            stream,
+            body: admitted.body.clone(),
+            stream: admitted.stream,
             request_id: Arc::clone(&ctx.request_id),
-            prefix_key: None,
+            prefix_key: admitted.prefix_key,
         };
-        let mut tap = PassThrough;
-        forward::exchange(
+        let mut meter = AnswerMeter::new(admitted.strip_usage);
+        let result = forward::exchange(
             session,
             &self.shared.connector,
-            pool,
+            &admitted.pool,
             &req,
-            &mut tap,
+            &mut meter,
             &mut ctx.report,
             ctx.started,
         )
-        .await
+        .await;
+        if ctx.report.status != 0 {
+            ctx.usage = Some(meter.settle(admitted.prompt_estimate));
+        }
+        result
     }
 
     async fn list_models(
@@ -369,7 +360,7 @@ fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
-fn truncate(s: &str, max: usize) -> String {
+pub fn truncate(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_string();
     }
@@ -483,18 +474,6 @@ async fn read_body(
     }
 }
 
-/// serde_json reports line and column; clients get the byte offset.
-fn byte_offset(body: &[u8], line: usize, column: usize) -> usize {
-    let mut offset = 0;
-    for (i, l) in body.split(|b| *b == b'\n').enumerate() {
-        if i + 1 == line {
-            return offset + column.saturating_sub(1).min(l.len());
-        }
-        offset += l.len() + 1;
-    }
-    body.len()
-}
-
 async fn respond_error(session: &mut Session, ctx: &mut RequestCtx, e: &GatewayError) {
     ctx.error_kind = Some(e.kind());
     if !e.keeps_connection() {
@@ -531,14 +510,6 @@ async fn write_json(session: &mut Session, ctx: &RequestCtx, status: u16, body: 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn offsets_from_line_and_column() {
-        let body = b"{\n  \"a\": x\n}";
-        assert_eq!(byte_offset(body, 2, 8), 9);
-        assert_eq!(body[9], b'x');
-        assert_eq!(byte_offset(b"{\"a\":", 1, 5), 4);
-    }
 
     #[test]
     fn truncates_on_char_boundary() {

@@ -61,4 +61,7 @@ async fn official_client_raises_the_right_errors() {
     let gw = gateway_for(&[&s]).await;
     let out = run_client(&gw.url(), "errors", None).await;
     assert_eq!(out["not_found"]["code"], "model_not_found", "{out}");
+    // Validation errors come back as BadRequestError naming the field.
+    assert_eq!(out["bad_request"]["param"], "temperature", "{out}");
+    assert_eq!(out["bad_request"]["type"], "invalid_request_error", "{out}");
 }

@@ -119,8 +119,7 @@ async fn request_id_is_kept_or_generated_and_reaches_the_worker() {
     let v: serde_json::Value = r.json().await.unwrap();
     // vLLM builds its answer id from the X-Request-Id it receives (vllm.md §9).
     assert_eq!(v["id"], "chatcmpl-client-chosen-id-1");
-    let got = s.received();
-    let sent = got.last().unwrap();
+    let sent = last_chat(&s);
     assert!(sent
         .headers
         .iter()

@@ -12,6 +12,13 @@ pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// A request body must arrive whole within this time (slow-client defense).
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Deepest JSON nesting accepted in a request body. Real chat requests nest a
+/// handful of levels (JSON schemas in tools a few more); deep nesting only
+/// costs stack and time.
+pub const MAX_JSON_DEPTH: usize = 64;
+/// Longest single JSON string in a request body (a base64 image is the usual
+/// large one); bounded anyway by `max_body_bytes`.
+pub const MAX_STRING_BYTES: usize = 4 * 1024 * 1024;
 
 /// Pooled upstream connections are dropped after this idle time. It must stay
 /// below vLLM's (uvicorn's) 5 s keep-alive, or a POST can be written to a

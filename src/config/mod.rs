@@ -15,6 +15,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::request::{JsonLimits, LimitPolicy, ValidationPolicy};
 pub use raw::{Discovery, Routing};
 use raw::{RawConfig, RawModel, RawServer};
 
@@ -84,6 +85,8 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     pub shutdown_grace: Duration,
     pub body_read_timeout: Duration,
+    /// Nesting and string bounds for request bodies.
+    pub json: JsonLimits,
 }
 
 #[derive(Debug, Clone)]
@@ -95,6 +98,10 @@ pub struct ModelConfig {
     pub pool: PoolPolicy,
     pub health: HealthPolicy,
     pub discovery: DiscoverySource,
+    /// Output-token limits; `max_model_len` here is only the configured
+    /// override (workers report theirs through `/v1/models`).
+    pub limits: LimitPolicy,
+    pub validation: ValidationPolicy,
 }
 
 /// How the pool routes and retries.
@@ -288,6 +295,26 @@ fn server_from_raw(raw: RawServer, issues: &mut Issues) -> Option<ServerConfig> 
         defaults::BODY_READ_TIMEOUT,
         issues,
     );
+    let json = JsonLimits {
+        max_depth: match raw.max_json_depth.unwrap_or(defaults::MAX_JSON_DEPTH) {
+            0 => {
+                issues.push("server.max_json_depth", "must be at least 1");
+                defaults::MAX_JSON_DEPTH
+            }
+            d if d > 1024 => {
+                issues.push("server.max_json_depth", "must be at most 1024");
+                defaults::MAX_JSON_DEPTH
+            }
+            d => d,
+        },
+        max_string_bytes: match raw.max_string_bytes.unwrap_or(defaults::MAX_STRING_BYTES) {
+            0 => {
+                issues.push("server.max_string_bytes", "must be greater than 0");
+                defaults::MAX_STRING_BYTES
+            }
+            n => n,
+        },
+    };
     Some(ServerConfig {
         listen: listen?,
         admin_listen: admin_listen?,
@@ -295,6 +322,7 @@ fn server_from_raw(raw: RawServer, issues: &mut Issues) -> Option<ServerConfig> 
         max_body_bytes,
         shutdown_grace,
         body_read_timeout,
+        json,
     })
 }
 
@@ -453,6 +481,38 @@ fn model_from_raw(key: &str, raw: RawModel, issues: &mut Issues) -> Option<Model
             issues,
         ),
     };
+    for (field, value) in [
+        ("default_max_tokens", raw.default_max_tokens),
+        ("max_tokens_cap", raw.max_tokens_cap),
+        ("max_model_len", raw.max_model_len),
+    ] {
+        if value == Some(0) {
+            issues.push(format!("{key}.{field}"), "must be at least 1");
+        }
+    }
+    if let (Some(d), Some(c)) = (raw.default_max_tokens, raw.max_tokens_cap) {
+        if d > c {
+            issues.push(
+                format!("{key}.default_max_tokens"),
+                format!("is above max_tokens_cap ({c})"),
+            );
+        }
+    }
+    let limits = LimitPolicy {
+        default_max_tokens: raw.default_max_tokens,
+        max_tokens_cap: raw.max_tokens_cap,
+        on_exceed: raw.on_exceed.unwrap_or_default(),
+        limit_field: raw.limit_field.unwrap_or_default(),
+        max_model_len: raw.max_model_len,
+    };
+    let mut validation = raw.validation.unwrap_or_default();
+    validation.prefix_window_bytes = pool.affinity_prefix_bytes;
+    if validation.max_messages == 0 {
+        issues.push(
+            format!("{key}.validation.max_messages"),
+            "must be at least 1",
+        );
+    }
     Some(ModelConfig {
         name: name?,
         workers,
@@ -460,6 +520,8 @@ fn model_from_raw(key: &str, raw: RawModel, issues: &mut Issues) -> Option<Model
         pool,
         health,
         discovery,
+        limits,
+        validation,
     })
 }
 

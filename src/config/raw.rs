@@ -8,6 +8,8 @@
 
 use serde::Deserialize;
 
+use crate::request::{LimitField, OnExceed, ValidationPolicy};
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
@@ -26,6 +28,8 @@ pub struct RawServer {
     pub max_body_bytes: Option<usize>,
     pub shutdown_grace: Option<String>,
     pub body_read_timeout: Option<String>,
+    pub max_json_depth: Option<usize>,
+    pub max_string_bytes: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -56,6 +60,12 @@ pub struct RawModel {
     pub dns_name: Option<String>,
     pub port: Option<u16>,
     pub dns_interval: Option<String>,
+    pub default_max_tokens: Option<u64>,
+    pub max_tokens_cap: Option<u64>,
+    pub on_exceed: Option<OnExceed>,
+    pub limit_field: Option<LimitField>,
+    pub max_model_len: Option<u64>,
+    pub validation: Option<ValidationPolicy>,
 }
 
 /// How a model's pool picks a worker.

@@ -216,11 +216,32 @@ pub async fn get(
     path: &str,
     timeout: Duration,
 ) -> Option<(u16, Bytes)> {
+    call(connector, peer, "GET", path, None, timeout).await
+}
+
+/// A small request to a worker outside the proxied traffic (health, load,
+/// token counting), bounded in time and answer size. None on any failure.
+pub async fn call(
+    connector: &Connector,
+    peer: &HttpPeer,
+    method: &str,
+    path: &str,
+    json_body: Option<&[u8]>,
+    timeout: Duration,
+) -> Option<(u16, Bytes)> {
     tokio::time::timeout(timeout, async {
         let (mut session, _reused) = connector.get_http_session(peer).await.ok()?;
-        let mut req = RequestHeader::build("GET", path.as_bytes(), Some(2)).ok()?;
+        let mut req = RequestHeader::build(method, path.as_bytes(), Some(3)).ok()?;
         req.insert_header("host", peer.address().to_string()).ok()?;
+        if let Some(body) = json_body {
+            req.insert_header("content-type", "application/json").ok()?;
+            req.insert_header("content-length", body.len().to_string())
+                .ok()?;
+        }
         session.write_request_header(Box::new(req)).await.ok()?;
+        if let Some(body) = json_body {
+            session.write_body(body).await.ok()?;
+        }
         session.finish_body().await.ok()?;
         session.read_response().await.ok()?;
         let status = session.get_status()?.as_u16();

@@ -80,6 +80,9 @@ pub struct ValidationPolicy {
     /// (vLLM §2); by default out-of-range values are rejected like OpenAI does (CC §1).
     pub clamp_logit_bias: bool,
     /// How many bytes of the prompt stream `ChatFacts::prefix_key` can hash. Default 8192.
+    /// Not a `[models.validation]` key: the gateway sets it from the model's
+    /// `affinity_prefix_bytes`, so one setting governs prefix affinity.
+    #[serde(skip)]
     pub prefix_window_bytes: usize,
 }
 

@@ -36,6 +36,8 @@ pub(crate) struct Common {
     pub ignore_eos: bool,
     pub include_stop_str_in_output: bool,
     pub cache_salt: Option<String>,
+    /// Beam search takes its own path in vLLM, where the greedy `n` check does not apply.
+    pub(crate) use_beam_search: bool,
 }
 
 impl Common {
@@ -85,6 +87,7 @@ impl Common {
             include_stop_str_in_output: opt_bool(obj, "include_stop_str_in_output")?
                 .unwrap_or(false),
             cache_salt: opt_str(obj, "cache_salt")?,
+            use_beam_search: opt_bool(obj, "use_beam_search")?.unwrap_or(false),
         })
     }
 
@@ -148,7 +151,7 @@ impl Common {
                 self.min_tokens,
             ));
         }
-        if self.greedy() && self.n > 1 {
+        if self.greedy() && self.n > 1 && !self.use_beam_search {
             return Err(ApiError::validation(
                 format!("n must be 1 when using greedy sampling, got {}.", self.n),
                 "n",

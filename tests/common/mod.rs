@@ -184,3 +184,13 @@ pub fn metric_value(text: &str, prefix: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
 }
+
+/// The last chat request a simulator received (health checks and load polls
+/// reach it too, so "the last request" is not enough).
+pub fn last_chat(s: &SimHandle) -> vllm_gateway::sim::ReceivedRequest {
+    s.received()
+        .into_iter()
+        .rev()
+        .find(|r| r.method == "POST" && r.path == "/v1/chat/completions")
+        .expect("the simulator received a chat request")
+}
