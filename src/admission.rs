@@ -9,7 +9,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use pingora_proxy::Session;
 use serde_json::Value;
 
 use crate::config::ModelConfig;
@@ -271,4 +272,88 @@ pub fn other(snapshot: &Snapshot, body: Bytes, streams: bool) -> Result<Admitted
         max_output,
         limit_note: None,
     })
+}
+
+/// vLLM accepts only `application/json` (parameters allowed) and answers
+/// anything else with 400 (../shared/reference/vllm.md §1).
+pub fn check_content_type(session: &Session) -> Result<(), GatewayError> {
+    let ok = session
+        .req_header()
+        .headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .map(|ct| {
+            ct.split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .eq_ignore_ascii_case("application/json")
+        })
+        .unwrap_or(false);
+    if ok {
+        Ok(())
+    } else {
+        Err(GatewayError::UnsupportedMediaType)
+    }
+}
+
+/// Read the whole request body, refusing more than `limit` bytes (Pingora has
+/// no body limit of its own, pingora.md §6) and more than `timeout` in total,
+/// so a slow client cannot hold a request open byte by byte.
+pub async fn read_body(
+    session: &mut Session,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, GatewayError> {
+    let declared = session
+        .req_header()
+        .headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(GatewayError::BodyTooLarge { limit });
+    }
+    let capacity = declared.map_or(16 * 1024, |n| n as usize);
+    let read = async {
+        let mut first: Option<Bytes> = None;
+        let mut buf: Option<BytesMut> = None;
+        let mut total = 0usize;
+        while let Some(chunk) =
+            session
+                .read_request_body()
+                .await
+                .map_err(|e| GatewayError::BodyRead {
+                    reason: e.etype().as_str().to_string(),
+                })?
+        {
+            total += chunk.len();
+            if total > limit {
+                return Err(GatewayError::BodyTooLarge { limit });
+            }
+            // The common case is one chunk: keep it without copying.
+            match (&mut first, &mut buf) {
+                (None, None) => first = Some(chunk),
+                (Some(f), None) => {
+                    let mut b = BytesMut::with_capacity(capacity.max(total));
+                    b.extend_from_slice(f);
+                    b.extend_from_slice(&chunk);
+                    first = None;
+                    buf = Some(b);
+                }
+                (_, Some(b)) => b.extend_from_slice(&chunk),
+            }
+        }
+        Ok(match (first, buf) {
+            (_, Some(b)) => b.freeze(),
+            (Some(f), None) => f,
+            (None, None) => Bytes::new(),
+        })
+    };
+    match tokio::time::timeout(timeout, read).await {
+        Ok(r) => r,
+        Err(_) => Err(GatewayError::BodyTimeout {
+            seconds: timeout.as_secs(),
+        }),
+    }
 }

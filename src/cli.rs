@@ -39,12 +39,21 @@ pub fn serve(path: &Path) -> ExitCode {
 pub fn check_config(path: &Path) -> ExitCode {
     match Config::load(path) {
         Ok(c) => {
+            for w in &c.warnings {
+                eprintln!("{}: warning: {w}", path.display());
+            }
             let workers: usize = c.models.iter().map(|m| m.workers.len()).sum();
             println!(
-                "{}: ok ({} models, {} workers)",
+                "{}: ok ({} models, {} static workers, {} API keys{})",
                 path.display(),
                 c.models.len(),
-                workers
+                workers,
+                c.api_keys.len(),
+                if c.api_keys.is_empty() {
+                    ": open to anyone"
+                } else {
+                    ""
+                }
             );
             ExitCode::SUCCESS
         }

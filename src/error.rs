@@ -47,6 +47,19 @@ pub enum GatewayError {
         code: &'static str,
     },
 
+    #[error("{}", if *missing { "You didn't provide an API key. Send it as `Authorization: Bearer <key>` or in the `api-key` header." } else { "Incorrect API key provided." })]
+    Unauthorized { missing: bool },
+
+    #[error("Rate limit reached for {} per minute on this key: limit {limit}. Please try again in {}.", kind.label(), crate::ratelimit::go_duration(*retry_after))]
+    RateLimited {
+        kind: crate::ratelimit::LimitKind,
+        limit: u64,
+        retry_after: std::time::Duration,
+    },
+
+    #[error("The rate-limit store is unavailable; try again shortly.")]
+    RateLimitUnavailable,
+
     #[error("No healthy worker is available for model `{model}`; try again shortly.")]
     NoHealthyWorker { model: String },
 
@@ -85,6 +98,9 @@ impl GatewayError {
         use GatewayError::*;
         match self {
             RouteNotFound { .. } | ModelNotFound { .. } => 404,
+            Unauthorized { .. } => 401,
+            RateLimited { .. } => 429,
+            RateLimitUnavailable => 503,
             MethodNotAllowed { .. } => 405,
             BodyTooLarge { .. } => 413,
             BodyTimeout { .. } => 408,
@@ -106,7 +122,10 @@ impl GatewayError {
     pub fn error_type(&self) -> &'static str {
         use GatewayError::*;
         match self {
+            // OpenAI's 429 `type` names the budget (chat-completions.md §7.1).
+            RateLimited { kind, .. } => kind.label(),
             NoHealthyWorker { .. }
+            | RateLimitUnavailable
             | ShuttingDown
             | UpstreamUnavailable { .. }
             | UpstreamProtocol { .. }
@@ -123,6 +142,9 @@ impl GatewayError {
             RouteNotFound { .. } => Some("unknown_url"),
             MethodNotAllowed { .. } => Some("method_not_allowed"),
             ModelNotFound { .. } => Some("model_not_found"),
+            Unauthorized { .. } => Some("invalid_api_key"),
+            RateLimited { .. } => Some("rate_limit_exceeded"),
+            RateLimitUnavailable => Some("rate_limit_store_unavailable"),
             BodyTooLarge { .. } => Some("request_too_large"),
             BodyTimeout { .. } => Some("request_timeout"),
             BodyRead { .. } => Some("invalid_body"),
@@ -147,16 +169,19 @@ impl GatewayError {
         }
     }
 
-    /// Whether the client may send another request on this connection. After
-    /// an error raised before the body was fully read, unread bytes would be
-    /// parsed as the next request, so the connection must close.
-    pub fn keeps_connection(&self) -> bool {
-        !matches!(
-            self,
-            GatewayError::BodyTooLarge { .. }
-                | GatewayError::BodyTimeout { .. }
-                | GatewayError::BodyRead { .. }
-        )
+    /// `retry-after` (seconds) and `retry-after-ms` for a 429, which the
+    /// official SDKs honour (chat-completions.md §7.2).
+    pub fn retry_headers(&self) -> Vec<(&'static str, String)> {
+        match self {
+            GatewayError::RateLimited { retry_after, .. } => {
+                let ms = retry_after.as_millis().max(1);
+                vec![
+                    ("retry-after", ms.div_ceil(1000).to_string()),
+                    ("retry-after-ms", ms.to_string()),
+                ]
+            }
+            _ => Vec::new(),
+        }
     }
 
     /// Metric label for the kind of failure: bounded, never user data.
@@ -166,6 +191,9 @@ impl GatewayError {
             RouteNotFound { .. } => "route_not_found",
             MethodNotAllowed { .. } => "method_not_allowed",
             ModelNotFound { .. } => "model_not_found",
+            Unauthorized { .. } => "unauthorized",
+            RateLimited { .. } => "rate_limited",
+            RateLimitUnavailable => "rate_limit_store_unavailable",
             BodyTooLarge { .. } => "body_too_large",
             BodyTimeout { .. } => "body_timeout",
             BodyRead { .. } => "body_read",

@@ -48,6 +48,10 @@ pub struct UpstreamRequest {
     pub request_id: Arc<str>,
     /// Hash of the prompt's leading part, for prefix-affinity routing.
     pub prefix_key: Option<u64>,
+    /// Headers added to the answer (the key's `x-ratelimit-*`).
+    pub extra_headers: Vec<(&'static str, String)>,
+    /// Where the gaps between streamed pieces are observed.
+    pub gap_histogram: Option<prometheus::Histogram>,
 }
 
 /// Sees every body chunk of the answer on its way to the client and decides
@@ -92,6 +96,8 @@ pub struct ExchangeReport {
     pub upstream_errors: Vec<&'static str>,
     /// Why each attempt's worker was chosen.
     pub picks: Vec<PickReason>,
+    /// Time spent in the response tap (stream scanning): gateway overhead.
+    pub tap_time: std::time::Duration,
     pub is_sse: bool,
 }
 
@@ -210,7 +216,7 @@ pub async fn exchange(
         .is_some_and(|ct| ct.trim_start().starts_with("text/event-stream"));
     report.is_sse = is_sse;
     tap.on_head(status, is_sse);
-    let client_head = client_response_head(head, &req.request_id, is_sse)?;
+    let client_head = client_response_head(head, req, is_sse)?;
     if session
         .write_response_header(Box::new(client_head), false)
         .await
@@ -229,17 +235,30 @@ pub async fn exchange(
     let idle = t.idle;
     let mut idle_sleep = pin!(tokio::time::sleep(idle));
     let mut total_sleep = pin!(sleep_until(deadline));
+    let mut last_write: Option<Instant> = None;
     loop {
         tokio::select! {
             biased;
             read = upstream.read_body_bytes() => match read {
                 Ok(Some(chunk)) => {
+                    let arrived = Instant::now();
                     idle_sleep.as_mut().reset(TokioInstant::now() + idle);
                     let out = tap.on_chunk(chunk);
+                    let scanned = Instant::now();
+                    report.tap_time += scanned - arrived;
                     if report.first_token.is_none() && tap.first_token_seen() {
-                        report.first_token = Some(Instant::now());
+                        report.first_token = Some(scanned);
                     }
-                    if !out.is_empty() && session.write_response_body(Some(out), false).await.is_err() {
+                    if out.is_empty() {
+                        continue;
+                    }
+                    if let (Some(h), Some(prev)) = (&req.gap_histogram, last_write) {
+                        if report.first_token.is_some() {
+                            h.observe(scanned.duration_since(prev).as_secs_f64());
+                        }
+                    }
+                    last_write = Some(scanned);
+                    if session.write_response_body(Some(out), false).await.is_err() {
                         report.client_gone = true;
                         return Ok(());
                     }
@@ -404,7 +423,7 @@ fn upstream_request_head(
 
 fn client_response_head(
     upstream: &ResponseHeader,
-    request_id: &str,
+    req: &UpstreamRequest,
     is_sse: bool,
 ) -> Result<ResponseHeader, GatewayError> {
     let mut h = ResponseHeader::build_no_case(upstream.status, Some(upstream.headers.len() + 4))
@@ -417,8 +436,12 @@ fn client_response_head(
         h.append_header(name.clone(), value.clone())
             .map_err(|_| GatewayError::Internal)?;
     }
-    h.insert_header("x-request-id", request_id)
+    h.insert_header("x-request-id", &*req.request_id)
         .map_err(|_| GatewayError::Internal)?;
+    for (name, value) in &req.extra_headers {
+        h.insert_header(*name, value.as_str())
+            .map_err(|_| GatewayError::Internal)?;
+    }
     if is_sse {
         // Tell any proxy in front of us (nginx honours this) not to buffer
         // the stream either; each event must reach the client as it is made.

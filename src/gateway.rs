@@ -125,9 +125,17 @@ pub fn start(config: Config, options: StartOptions) -> Result<GatewayHandle, Sta
     let public_addr = local_addr("server.listen", &public, config.server.listen)?;
     let admin_addr = local_addr("server.admin_listen", &admin, config.server.admin_listen)?;
 
+    for w in &config.warnings {
+        tracing::warn!(key = %w.key, "{}", w.message);
+    }
+    if config.api_keys.is_empty() {
+        tracing::warn!(
+            "no [[api_keys]] configured: the gateway is open to anyone who can reach it"
+        );
+    }
     let threads = config.server.threads;
     let grace = config.server.shutdown_grace;
-    let shared = Arc::new(Shared::new(config, Metrics::new()?));
+    let shared = Shared::new(config, Metrics::new()?);
 
     let conf = ServerConf {
         threads,
@@ -220,6 +228,11 @@ struct PoolTasks {
 #[async_trait]
 impl BackgroundService for PoolTasks {
     async fn start(&self, shutdown: ShutdownWatch) {
+        // Connect to a shared rate-limit store now rather than on the first
+        // request (which would otherwise meet on_store_error).
+        if let crate::ratelimit::Store::Redis(store) = &self.shared.snapshot().limits.store {
+            store.warm_up().await;
+        }
         tokio::join!(
             health::run(Arc::clone(&self.shared), shutdown.clone()),
             discovery::run(

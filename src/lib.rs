@@ -6,8 +6,10 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod access;
 pub mod admin;
 pub mod admission;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod demo;
@@ -19,6 +21,8 @@ pub mod metering;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;
+pub mod ratelimit;
+pub mod reply;
 pub mod request;
 pub mod shutdown;
 pub mod sim;

@@ -1,30 +1,40 @@
 //! The one `ProxyHttp` implementation. Each phase is a few lines that call the
 //! modules that own the work.
 //!
-//! Everything happens in `request_filter`: the route, the body (read whole,
-//! bounded), the model's pool, and the exchange with a worker
+//! Everything happens in `request_filter`, in this order: route, key
+//! ([`crate::auth`]), request budget ([`crate::ratelimit`]), body and
+//! admission ([`crate::admission`]: parse, validate, limit, rewrite), the
+//! key's model allow-list, token budget, then the exchange with a worker
 //! ([`crate::forward`] explains why the gateway drives the upstream side
-//! itself). It always answers and returns `Ok(true)`, so Pingora's own
-//! upstream phases never run; `logging` then records metrics and the access
-//! line exactly once per request, whatever happened.
+//! itself) and the settling of the token budget with the real usage. It
+//! always answers and returns `Ok(true)`, so Pingora's own upstream phases
+//! never run; `logging` then records metrics and the access line exactly once
+//! per request, whatever happened.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use pingora_core::modules::http::HttpModules;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType};
-use pingora_http::ResponseHeader;
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
-use crate::admission;
+use crate::access::{self, AccessRecord};
+use crate::admission::{self, Admitted};
+use crate::auth::{AuthFailure, Caller};
 use crate::error::GatewayError;
 use crate::forward::{self, ExchangeReport, UpstreamRequest};
 use crate::metering::{AnswerMeter, Metered};
-use crate::metrics::{status_class, UNKNOWN_MODEL};
+use crate::metrics::{field_label, UNKNOWN_MODEL};
+use crate::ratelimit::{LimitStatus, Verdict};
+use crate::reply;
 use crate::state::{InFlight, Shared, Snapshot};
+
+/// Tokens reserved for the answer when nothing bounds it (no limit, no
+/// known context length): a typical long answer.
+const DEFAULT_OUTPUT_RESERVE: u64 = 1024;
 
 /// The gateway's public-listener application.
 pub struct Gateway {
@@ -98,11 +108,19 @@ pub struct RequestCtx {
     endpoint: Option<Endpoint>,
     /// A configured model name, or [`UNKNOWN_MODEL`].
     model: Arc<str>,
+    caller: Caller,
+    /// The key's budgets after this request's decisions (response headers).
+    limits: LimitStatus,
+    /// The request body was read whole (else an early answer closes the
+    /// connection, so unread bytes are never parsed as a next request).
+    body_done: bool,
     /// Status the gateway answered with itself (0 = see the exchange report).
     own_status: u16,
     error_kind: Option<&'static str>,
     limit_note: Option<&'static str>,
     usage: Option<Metered>,
+    /// Time spent in the gateway's own work so far.
+    overhead: Duration,
     report: ExchangeReport,
     _in_flight: Option<InFlight>,
 }
@@ -117,10 +135,14 @@ impl ProxyHttp for Gateway {
             request_id: Arc::from(""),
             endpoint: None,
             model: Arc::from(UNKNOWN_MODEL),
+            caller: Caller::Anonymous,
+            limits: LimitStatus::default(),
+            body_done: false,
             own_status: 0,
             error_kind: None,
             limit_note: None,
             usage: None,
+            overhead: Duration::ZERO,
             report: ExchangeReport::default(),
             _in_flight: None,
         }
@@ -156,67 +178,28 @@ impl ProxyHttp for Gateway {
             session.set_keepalive(None);
         }
         if let Err(e) = self.handle(session, ctx, &snapshot).await {
-            respond_error(session, ctx, &e).await;
+            self.respond_error(session, ctx, &e).await;
         }
         Ok(true)
     }
 
     async fn logging(&self, _session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = ctx.final_status(e);
-        let endpoint = ctx.endpoint.map_or("other", Endpoint::label);
-        let m = &self.shared.metrics;
-        m.requests
-            .with_label_values(&[&*ctx.model, endpoint, status_class(status)])
-            .inc();
-        let elapsed = ctx.started.elapsed();
-        m.request_duration
-            .with_label_values(&[&*ctx.model, endpoint])
-            .observe(elapsed.as_secs_f64());
-        let ttft = ctx
-            .report
-            .first_token
-            .map(|t| t.duration_since(ctx.started));
-        if let Some(ttft) = ttft {
-            m.time_to_first_token
-                .with_label_values(&[&*ctx.model])
-                .observe(ttft.as_secs_f64());
-        }
-        for kind in &ctx.report.upstream_errors {
-            m.upstream_errors
-                .with_label_values(&[&*ctx.model, kind])
-                .inc();
-        }
-        if ctx.report.client_gone {
-            m.client_disconnects.with_label_values(&[&*ctx.model]).inc();
-        }
-        for reason in &ctx.report.picks {
-            m.routing_decisions
-                .with_label_values(&[&*ctx.model, reason.label()])
-                .inc();
-        }
-        if ctx.report.retries > 0 {
-            m.retries
-                .with_label_values(&[&*ctx.model])
-                .inc_by(u64::from(ctx.report.retries));
-        }
-        tracing::info!(
-            target: "access",
-            request_id = %ctx.request_id,
-            endpoint,
-            model = %ctx.model,
-            worker = ctx.report.worker.as_deref().unwrap_or("-"),
-            routing = ctx.report.picks.first().map_or("-", |r| r.label()),
-            status,
-            duration_ms = ms(elapsed),
-            ttft_ms = ttft.map(ms),
-            attempts = ctx.report.attempts,
-            retries = ctx.report.retries,
-            client_gone = ctx.report.client_gone,
-            prompt_tokens = ctx.usage.map(|u| u.prompt_tokens),
-            completion_tokens = ctx.usage.map(|u| u.completion_tokens),
-            usage_exact = ctx.usage.map(|u| u.exact),
-            limit = ctx.limit_note,
-            error = ctx.error_kind.or(ctx.report.failed_mid_answer),
+        access::record(
+            &self.shared.metrics,
+            &AccessRecord {
+                request_id: &ctx.request_id,
+                key: ctx.caller.name(),
+                endpoint: ctx.endpoint.map_or("other", Endpoint::label),
+                model: &ctx.model,
+                status,
+                started: ctx.started,
+                report: &ctx.report,
+                usage: ctx.usage,
+                overhead: ctx.overhead + ctx.report.tap_time,
+                limit_note: ctx.limit_note,
+                error: ctx.error_kind,
+            },
         );
     }
 
@@ -237,7 +220,8 @@ impl ProxyHttp for Gateway {
         // does; still answer OpenAI-shaped if the client can hear it.
         if session.response_written().is_none() && !matches!(e.etype(), ErrorType::ConnectionClosed)
         {
-            respond_error(session, ctx, &GatewayError::Internal).await;
+            self.respond_error(session, ctx, &GatewayError::Internal)
+                .await;
         }
         FailToProxy {
             error_code: ctx.final_status(Some(e)),
@@ -272,43 +256,66 @@ impl Gateway {
         ctx: &mut RequestCtx,
         snapshot: &Snapshot,
     ) -> Result<(), GatewayError> {
-        let (method, path) = {
-            let h = session.req_header();
-            (h.method.as_str().to_string(), h.uri.path().to_string())
-        };
-        let Some(endpoint) = Endpoint::from_path(&path) else {
-            return Err(GatewayError::RouteNotFound {
-                method: truncate(&method, 16),
-                path: truncate(&path, 256),
-            });
-        };
+        let checks = Instant::now();
+        let endpoint = route(session)?;
         ctx.endpoint = Some(endpoint);
-        if method != endpoint.method() {
-            return Err(GatewayError::MethodNotAllowed {
-                method: truncate(&method, 16),
-                path,
-            });
-        }
+        ctx.caller = self.authenticate(session, snapshot)?;
         if endpoint == Endpoint::Models {
             return self.list_models(session, ctx, snapshot).await;
         }
+        admission::check_content_type(session)?;
+        if let Some(key) = ctx.caller.key() {
+            let verdict = snapshot
+                .limits
+                .admit_request(&key.limiter, &mut ctx.limits)
+                .await;
+            self.check_verdict(
+                verdict,
+                ctx,
+                key.limiter.quotas.requests_per_minute.map(u64::from),
+            )?;
+        }
+        ctx.overhead += checks.elapsed();
 
-        check_content_type(session)?;
         let server = &snapshot.config.server;
-        let body = read_body(session, server.max_body_bytes, server.body_read_timeout).await?;
+        let body =
+            admission::read_body(session, server.max_body_bytes, server.body_read_timeout).await?;
+        ctx.body_done = true;
+
+        let admitting = Instant::now();
         let admitted = match endpoint {
-            Endpoint::ChatCompletions => admission::chat(&self.shared, snapshot, body).await?,
-            Endpoint::Completions => admission::other(snapshot, body, true)?,
-            _ => admission::other(snapshot, body, false)?,
+            Endpoint::ChatCompletions => admission::chat(&self.shared, snapshot, body).await,
+            Endpoint::Completions => admission::other(snapshot, body, true),
+            _ => admission::other(snapshot, body, false),
         };
+        let admitted = admitted.inspect_err(|e| self.count_invalid(ctx, e))?;
         ctx.model = Arc::clone(&admitted.pool.model);
         ctx.limit_note = admitted.limit_note;
+        if let Some(key) = ctx.caller.key() {
+            // OpenAI answers a model the key may not use exactly like one
+            // that does not exist, so keys cannot probe the model list.
+            if !key.may_use(&admitted.pool.model) {
+                return Err(GatewayError::ModelNotFound {
+                    model: admitted.pool.model.to_string(),
+                });
+            }
+        }
+        let reserved = self.reserve_tokens(ctx, snapshot, &admitted).await?;
+        ctx.overhead += admitting.elapsed();
+
         let req = UpstreamRequest {
             path: endpoint.upstream_path(),
             body: admitted.body.clone(),
             stream: admitted.stream,
             request_id: Arc::clone(&ctx.request_id),
             prefix_key: admitted.prefix_key,
+            extra_headers: ctx.limits.headers(),
+            gap_histogram: Some(
+                self.shared
+                    .metrics
+                    .inter_token_gap
+                    .with_label_values(&[&*admitted.pool.model]),
+            ),
         };
         let mut meter = AnswerMeter::new(admitted.strip_usage);
         let result = forward::exchange(
@@ -321,10 +328,111 @@ impl Gateway {
             ctx.started,
         )
         .await;
+        let usage = meter.settle(admitted.prompt_estimate);
         if ctx.report.status != 0 {
-            ctx.usage = Some(meter.settle(admitted.prompt_estimate));
+            ctx.usage = Some(usage);
+        }
+        if let Some(key) = ctx.caller.key() {
+            // What the request really cost: the worker's usage; nothing if no
+            // worker answered.
+            let used = if ctx.report.status != 0 {
+                usage.prompt_tokens + usage.completion_tokens
+            } else {
+                0
+            };
+            let delta =
+                i64::try_from(used).unwrap_or(i64::MAX) - i64::try_from(reserved).unwrap_or(0);
+            snapshot.limits.settle_tokens(&key.limiter, delta).await;
         }
         result
+    }
+
+    fn authenticate(&self, session: &Session, snapshot: &Snapshot) -> Result<Caller, GatewayError> {
+        let h = &session.req_header().headers;
+        match snapshot.keys.authenticate(
+            h.get("authorization").map(|v| v.as_bytes()),
+            h.get("api-key").map(|v| v.as_bytes()),
+        ) {
+            Ok(c) => Ok(c),
+            Err(f) => {
+                let missing = f == AuthFailure::Missing;
+                self.shared
+                    .metrics
+                    .auth_failures
+                    .with_label_values(&[if missing { "missing" } else { "invalid" }])
+                    .inc();
+                Err(GatewayError::Unauthorized { missing })
+            }
+        }
+    }
+
+    fn check_verdict(
+        &self,
+        verdict: Verdict,
+        ctx: &RequestCtx,
+        limit: Option<u64>,
+    ) -> Result<(), GatewayError> {
+        match verdict {
+            Verdict::Allowed => Ok(()),
+            Verdict::StoreDown => Err(GatewayError::RateLimitUnavailable),
+            Verdict::Limited { kind, retry_after } => {
+                self.shared
+                    .metrics
+                    .rate_limited
+                    .with_label_values(&[ctx.caller.name(), kind.label()])
+                    .inc();
+                Err(GatewayError::RateLimited {
+                    kind,
+                    limit: limit.unwrap_or(0),
+                    retry_after,
+                })
+            }
+        }
+    }
+
+    /// Reserve the prompt estimate plus the most the answer can produce from
+    /// the key's token budget; returns what was reserved.
+    async fn reserve_tokens(
+        &self,
+        ctx: &mut RequestCtx,
+        snapshot: &Snapshot,
+        admitted: &Admitted,
+    ) -> Result<u64, GatewayError> {
+        let Some(key) = ctx.caller.key().cloned() else {
+            return Ok(0);
+        };
+        let Some(limit) = key.limiter.quotas.tokens_per_minute else {
+            return Ok(0);
+        };
+        let want = admitted.prompt_estimate + admitted.max_output.unwrap_or(DEFAULT_OUTPUT_RESERVE);
+        let (verdict, reserved) = snapshot
+            .limits
+            .reserve_tokens(&key.limiter, want, &mut ctx.limits)
+            .await;
+        self.check_verdict(verdict, ctx, Some(limit))?;
+        Ok(reserved)
+    }
+
+    fn count_invalid(&self, ctx: &RequestCtx, e: &GatewayError) {
+        if let GatewayError::InvalidRequest { param, code, .. } = e {
+            let field = field_label(param.as_deref().unwrap_or(""), code);
+            self.shared
+                .metrics
+                .validation_errors
+                .with_label_values(&[&*ctx.model, &field])
+                .inc();
+        }
+    }
+
+    async fn respond_error(&self, session: &mut Session, ctx: &mut RequestCtx, e: &GatewayError) {
+        ctx.error_kind = Some(e.kind());
+        ctx.own_status = e.status();
+        if !ctx.body_done && !session.as_downstream_mut().is_body_empty() {
+            // The body was not read: its bytes must not be taken for the
+            // next request on this connection.
+            session.set_keepalive(None);
+        }
+        reply::error(session, &ctx.request_id, &ctx.limits, e).await;
     }
 
     async fn list_models(
@@ -335,6 +443,7 @@ impl Gateway {
     ) -> Result<(), GatewayError> {
         let data: Vec<serde_json::Value> = snapshot
             .pools()
+            .filter(|pool| ctx.caller.key().is_none_or(|k| k.may_use(&pool.model)))
             .map(|pool| {
                 let mut entry = serde_json::json!({
                     "id": &*pool.model,
@@ -342,7 +451,11 @@ impl Gateway {
                     "created": self.started_unix,
                     "owned_by": "vllm-gateway",
                 });
-                if let Some(len) = pool.reported_max_model_len() {
+                let configured = snapshot
+                    .config
+                    .model(&pool.model)
+                    .and_then(|m| m.limits.max_model_len);
+                if let Some(len) = configured.or_else(|| pool.reported_max_model_len()) {
                     entry["max_model_len"] = len.into();
                 }
                 entry
@@ -351,13 +464,37 @@ impl Gateway {
         let body = serde_json::json!({"object": "list", "data": data});
         let body = serde_json::to_vec(&body).map_err(|_| GatewayError::Internal)?;
         ctx.own_status = 200;
-        write_json(session, ctx, 200, Bytes::from(body)).await;
+        reply::json(
+            session,
+            &ctx.request_id,
+            &ctx.limits,
+            &[],
+            200,
+            Bytes::from(body),
+        )
+        .await;
         Ok(())
     }
 }
 
-fn ms(d: Duration) -> f64 {
-    (d.as_secs_f64() * 1e6).round() / 1e3
+/// The endpoint for the request's method and path.
+fn route(session: &Session) -> Result<Endpoint, GatewayError> {
+    let h = session.req_header();
+    let path = h.uri.path();
+    let method = h.method.as_str();
+    let Some(endpoint) = Endpoint::from_path(path) else {
+        return Err(GatewayError::RouteNotFound {
+            method: truncate(method, 16),
+            path: truncate(path, 256),
+        });
+    };
+    if method != endpoint.method() {
+        return Err(GatewayError::MethodNotAllowed {
+            method: truncate(method, 16),
+            path: path.to_string(),
+        });
+    }
+    Ok(endpoint)
 }
 
 pub fn truncate(s: &str, max: usize) -> String {
@@ -388,123 +525,6 @@ fn request_id(session: &Session) -> Arc<str> {
         }
     }
     Arc::from(format!("{:032x}", fastrand::u128(..)).as_str())
-}
-
-/// vLLM accepts only `application/json` (parameters allowed) and answers
-/// anything else with 400 (../shared/reference/vllm.md §1).
-fn check_content_type(session: &Session) -> Result<(), GatewayError> {
-    let ok = session
-        .req_header()
-        .headers
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .map(|ct| {
-            ct.split(';')
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .eq_ignore_ascii_case("application/json")
-        })
-        .unwrap_or(false);
-    if ok {
-        Ok(())
-    } else {
-        Err(GatewayError::UnsupportedMediaType)
-    }
-}
-
-/// Read the whole request body, refusing more than `limit` bytes (Pingora has
-/// no body limit of its own, pingora.md §6) and more than `timeout` in total,
-/// so a slow client cannot hold a request open byte by byte.
-async fn read_body(
-    session: &mut Session,
-    limit: usize,
-    timeout: Duration,
-) -> Result<Bytes, GatewayError> {
-    let declared = session
-        .req_header()
-        .headers
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(GatewayError::BodyTooLarge { limit });
-    }
-    let capacity = declared.map_or(16 * 1024, |n| n as usize);
-    let read = async {
-        let mut first: Option<Bytes> = None;
-        let mut buf: Option<BytesMut> = None;
-        let mut total = 0usize;
-        while let Some(chunk) =
-            session
-                .read_request_body()
-                .await
-                .map_err(|e| GatewayError::BodyRead {
-                    reason: e.etype().as_str().to_string(),
-                })?
-        {
-            total += chunk.len();
-            if total > limit {
-                return Err(GatewayError::BodyTooLarge { limit });
-            }
-            // The common case is one chunk: keep it without copying.
-            match (&mut first, &mut buf) {
-                (None, None) => first = Some(chunk),
-                (Some(f), None) => {
-                    let mut b = BytesMut::with_capacity(capacity.max(total));
-                    b.extend_from_slice(f);
-                    b.extend_from_slice(&chunk);
-                    first = None;
-                    buf = Some(b);
-                }
-                (_, Some(b)) => b.extend_from_slice(&chunk),
-            }
-        }
-        Ok(match (first, buf) {
-            (_, Some(b)) => b.freeze(),
-            (Some(f), None) => f,
-            (None, None) => Bytes::new(),
-        })
-    };
-    match tokio::time::timeout(timeout, read).await {
-        Ok(r) => r,
-        Err(_) => Err(GatewayError::BodyTimeout {
-            seconds: timeout.as_secs(),
-        }),
-    }
-}
-
-async fn respond_error(session: &mut Session, ctx: &mut RequestCtx, e: &GatewayError) {
-    ctx.error_kind = Some(e.kind());
-    if !e.keeps_connection() {
-        session.set_keepalive(None);
-    }
-    let status = e.status();
-    ctx.own_status = status;
-    write_json(session, ctx, status, e.body()).await;
-}
-
-async fn write_json(session: &mut Session, ctx: &RequestCtx, status: u16, body: Bytes) {
-    let Ok(mut resp) = ResponseHeader::build_no_case(status, Some(3)) else {
-        return;
-    };
-    let ok = resp
-        .insert_header("content-type", "application/json")
-        .is_ok()
-        && resp
-            .insert_header("content-length", body.len().to_string())
-            .is_ok()
-        && resp.insert_header("x-request-id", &*ctx.request_id).is_ok();
-    if !ok {
-        return;
-    }
-    if session
-        .write_response_header(Box::new(resp), false)
-        .await
-        .is_ok()
-    {
-        let _ = session.write_response_body(Some(body), true).await;
-    }
 }
 
 #[cfg(test)]

@@ -1,27 +1,30 @@
 //! What the gateway shares between requests, background tasks and the admin
 //! listener.
 //!
-//! The configuration and everything derived from it (pools, later keys and
-//! limiters) form one immutable [`Snapshot`] behind an `ArcSwap`: a request
-//! loads it once, keeps it in its context, and so sees one consistent
-//! configuration from start to end, while a reload swaps in a new snapshot
-//! without a lock on the request path. State that must outlive a reload
-//! (metrics, worker counters, the upstream connection pool) sits beside it.
+//! The configuration and everything derived from it (pools, keys, limiters)
+//! form one immutable [`Snapshot`] behind an `ArcSwap`: a request loads it
+//! once, keeps it in its context, and so sees one consistent configuration
+//! from start to end, while a reload swaps in a new snapshot without a lock
+//! on the request path. State that must outlive a reload (metrics, worker
+//! counters, key budgets, the upstream connection pool) sits beside it, in
+//! registries that hand the same objects to every generation that keeps them.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use pingora_core::connectors::http::v1::Connector;
 use pingora_core::connectors::ConnectorOptions;
 use tokio::sync::Notify;
 
-use std::sync::Mutex;
-
-use crate::config::{Config, DiscoverySource, WorkerSpec};
+use crate::auth::{ApiKey, KeyTable};
+use crate::config::{Config, DiscoverySource, LimitStore, WorkerSpec};
 use crate::metrics::Metrics;
 use crate::pool::{WorkerPool, WorkerRegistry};
+use crate::ratelimit::redis::RedisStore;
+use crate::ratelimit::{KeyLimiter, Quotas, RateLimits, Store};
 
 /// Workers found by discovery, per model.
 pub type Discovered = HashMap<String, Vec<WorkerSpec>>;
@@ -30,35 +33,11 @@ pub type Discovered = HashMap<String, Vec<WorkerSpec>>;
 pub struct Snapshot {
     pub config: Arc<Config>,
     pools: HashMap<String, Arc<WorkerPool>>,
+    pub keys: KeyTable,
+    pub limits: Arc<RateLimits>,
 }
 
 impl Snapshot {
-    /// Derive pools from `config`; DNS-discovered models take the workers
-    /// discovery last found, so a reload does not empty them.
-    pub fn build(
-        config: Arc<Config>,
-        registry: &WorkerRegistry,
-        discovered: &Discovered,
-    ) -> Snapshot {
-        let pools = config
-            .models
-            .iter()
-            .map(|m| {
-                let pool = match &m.discovery {
-                    DiscoverySource::Static => WorkerPool::new(m, registry),
-                    DiscoverySource::Dns { .. } => WorkerPool::with_workers(
-                        m,
-                        discovered.get(&m.name).map_or(&[][..], Vec::as_slice),
-                        registry,
-                        true,
-                    ),
-                };
-                (m.name.clone(), Arc::new(pool))
-            })
-            .collect();
-        Snapshot { config, pools }
-    }
-
     pub fn pool(&self, model: &str) -> Option<&Arc<WorkerPool>> {
         self.pools.get(model)
     }
@@ -72,35 +51,51 @@ impl Snapshot {
     }
 }
 
+/// The shared store a generation uses, kept while its settings stay.
+type RedisSlot = Option<((String, String, Duration), Arc<RedisStore>)>;
+
 /// Process-wide state of one gateway instance.
 pub struct Shared {
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     pub connector: Connector,
     pub registry: WorkerRegistry,
     snapshot: ArcSwap<Snapshot>,
-    /// Workers discovery found; only touched by discovery and reloads.
-    discovered: Mutex<Discovered>,
+    /// Serializes building snapshots (reload, discovery); never taken by a
+    /// request. Holds the workers discovery found.
+    build: Mutex<Discovered>,
+    limiters: Mutex<HashMap<(String, Quotas), Weak<KeyLimiter>>>,
+    redis: Mutex<RedisSlot>,
     pub drain: Arc<Drain>,
 }
 
 impl Shared {
-    pub fn new(config: Config, metrics: Metrics) -> Shared {
-        let registry = WorkerRegistry::default();
-        let snapshot = Snapshot::build(Arc::new(config), &registry, &Discovered::new());
+    pub fn new(config: Config, metrics: Metrics) -> Arc<Shared> {
         let options = ConnectorOptions {
             // One global LRU pool of idle upstream connections; large enough
             // for every worker to keep a healthy set of warm connections.
             keepalive_pool_size: 4096,
             ..ConnectorOptions::new(4096)
         };
-        Shared {
-            metrics,
+        // A placeholder generation so the real one is built by the same code
+        // path as every reload.
+        let empty = Snapshot {
+            config: Arc::new(config.clone()),
+            pools: HashMap::new(),
+            keys: KeyTable::default(),
+            limits: Arc::new(RateLimits::memory()),
+        };
+        let shared = Arc::new(Shared {
+            metrics: Arc::new(metrics),
             connector: Connector::new(Some(options)),
-            registry,
-            snapshot: ArcSwap::from_pointee(snapshot),
-            discovered: Mutex::new(Discovered::new()),
+            registry: WorkerRegistry::default(),
+            snapshot: ArcSwap::from_pointee(empty),
+            build: Mutex::new(Discovered::new()),
+            limiters: Mutex::new(HashMap::new()),
+            redis: Mutex::new(None),
             drain: Arc::new(Drain::default()),
-        }
+        });
+        shared.install(config);
+        shared
     }
 
     /// The current configuration generation (one atomic load, no lock).
@@ -110,16 +105,10 @@ impl Shared {
 
     /// Swap in a new configuration generation built from `config`.
     pub fn install(&self, config: Config) -> Arc<Snapshot> {
-        let empty = Discovered::new();
-        let guard = self.discovered.lock();
-        let discovered = guard.as_deref().unwrap_or(&empty);
-        // Models no longer discovered through DNS are built from their static
-        // list; stale discovered entries are harmless (unused).
-        let snapshot = Arc::new(Snapshot::build(
-            Arc::new(config),
-            &self.registry,
-            discovered,
-        ));
+        let Ok(discovered) = self.build.lock() else {
+            return self.snapshot();
+        };
+        let snapshot = Arc::new(self.build_snapshot(Arc::new(config), &discovered));
         self.snapshot.store(Arc::clone(&snapshot));
         snapshot
     }
@@ -127,19 +116,118 @@ impl Shared {
     /// Record the workers discovery found for `model` and rebuild the pools
     /// if they changed. Returns whether they changed.
     pub fn set_discovered(&self, model: &str, workers: Vec<WorkerSpec>) -> bool {
-        let Ok(mut discovered) = self.discovered.lock() else {
+        let Ok(mut discovered) = self.build.lock() else {
             return false;
         };
         if discovered.get(model) == Some(&workers) {
             return false;
         }
         discovered.insert(model.to_string(), workers);
-        // Same configuration, new worker set: only pools change. Holding the
-        // discovery lock orders this against a concurrent reload.
         let config = Arc::clone(&self.snapshot.load().config);
-        let snapshot = Snapshot::build(config, &self.registry, &discovered);
+        let snapshot = self.build_snapshot(config, &discovered);
         self.snapshot.store(Arc::new(snapshot));
         true
+    }
+
+    fn build_snapshot(&self, config: Arc<Config>, discovered: &Discovered) -> Snapshot {
+        let pools = config
+            .models
+            .iter()
+            .map(|m| {
+                let pool = match &m.discovery {
+                    DiscoverySource::Static => WorkerPool::new(m, &self.registry),
+                    // DNS pools start from what discovery last found, so a
+                    // reload does not empty them.
+                    DiscoverySource::Dns { .. } => WorkerPool::with_workers(
+                        m,
+                        discovered.get(&m.name).map_or(&[][..], Vec::as_slice),
+                        &self.registry,
+                        true,
+                    ),
+                };
+                (m.name.clone(), Arc::new(pool))
+            })
+            .collect();
+        let keys = KeyTable::new(config.api_keys.iter().map(|k| {
+            (
+                k.digest,
+                Arc::new(ApiKey {
+                    name: Arc::from(k.name.as_str()),
+                    models: k.models.clone(),
+                    limiter: self.limiter(&k.name, k.quotas),
+                }),
+            )
+        }));
+        let limits = Arc::new(self.rate_limits(&config));
+        Snapshot {
+            config,
+            pools,
+            keys,
+            limits,
+        }
+    }
+
+    /// The key's limiter: the existing one while its name and quotas are
+    /// unchanged, so budgets survive a reload.
+    fn limiter(&self, name: &str, quotas: Quotas) -> Arc<KeyLimiter> {
+        let fresh = || Arc::new(KeyLimiter::new(name, quotas));
+        let Ok(mut map) = self.limiters.lock() else {
+            return fresh();
+        };
+        let id = (name.to_string(), quotas);
+        if let Some(l) = map.get(&id).and_then(Weak::upgrade) {
+            return l;
+        }
+        map.retain(|_, l| l.strong_count() > 0);
+        let l = fresh();
+        map.insert(id, Arc::downgrade(&l));
+        l
+    }
+
+    fn rate_limits(&self, config: &Config) -> RateLimits {
+        let rl = &config.rate_limit;
+        let store = match (rl.store, &rl.redis_url) {
+            (LimitStore::Redis, Some(url)) => {
+                let id = (url.clone(), rl.redis_key_prefix.clone(), rl.redis_timeout);
+                let mut slot = self.redis.lock().ok();
+                let existing = slot
+                    .as_deref()
+                    .and_then(|s| s.as_ref())
+                    .filter(|(k, _)| *k == id)
+                    .map(|(_, s)| Arc::clone(s));
+                match existing {
+                    Some(s) => Store::Redis(s),
+                    None => {
+                        let metrics = Arc::clone(&self.metrics);
+                        let hook = Arc::new(move |e: &crate::ratelimit::redis::StoreError| {
+                            metrics
+                                .rate_limit_store_errors
+                                .with_label_values(&[e.kind()])
+                                .inc();
+                        });
+                        match RedisStore::new(url, &rl.redis_key_prefix, rl.redis_timeout, hook) {
+                            Ok(s) => {
+                                if let Some(slot) = slot.as_deref_mut() {
+                                    *slot = Some((id, Arc::clone(&s)));
+                                }
+                                Store::Redis(s)
+                            }
+                            Err(e) => {
+                                // Validated at load, so this is unexpected;
+                                // limits fall back to this replica alone.
+                                tracing::error!(error = %e, "cannot use the Redis rate-limit store; limiting in memory");
+                                Store::Memory
+                            }
+                        }
+                    }
+                }
+            }
+            _ => Store::Memory,
+        };
+        RateLimits {
+            store,
+            on_store_error: rl.on_store_error,
+        }
     }
 }
 

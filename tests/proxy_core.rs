@@ -263,13 +263,13 @@ async fn metrics_count_requests_and_latency() {
     post_chat(&gw, &chat_body(json!({"model": "nope"}))).await;
     let text = metrics_text(&gw).await;
     let ok = format!(
-        "vllm_gateway_requests_total{{endpoint=\"chat_completions\",model=\"{MODEL}\",status=\"2xx\"}}"
+        "vllm_gateway_requests_total{{endpoint=\"chat_completions\",key=\"-\",model=\"{MODEL}\",status=\"2xx\"}}"
     );
     assert_eq!(metric_value(&text, &ok), Some(3.0), "{text}");
     assert_eq!(
         metric_value(
             &text,
-            "vllm_gateway_requests_total{endpoint=\"chat_completions\",model=\"unknown\",status=\"4xx\"}"
+            "vllm_gateway_requests_total{endpoint=\"chat_completions\",key=\"-\",model=\"unknown\",status=\"4xx\"}"
         ),
         Some(1.0)
     );

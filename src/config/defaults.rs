@@ -45,3 +45,10 @@ pub const FAILURES_TO_EJECT: u32 = 3;
 pub const EJECTION_BASE: Duration = Duration::from_secs(5);
 pub const EJECTION_MAX: Duration = Duration::from_secs(120);
 pub const DNS_INTERVAL: Duration = Duration::from_secs(10);
+
+// Keys and rate limits.
+/// A Redis decision that takes longer than this counts as a store failure
+/// (the request then follows `on_store_error`): limits must never become the
+/// slowest part of a request.
+pub const REDIS_TIMEOUT: Duration = Duration::from_millis(50);
+pub const REDIS_KEY_PREFIX: &str = "vllm-gateway:rl";

@@ -15,9 +15,10 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::ratelimit::{OnStoreError, Quotas};
 use crate::request::{JsonLimits, LimitPolicy, ValidationPolicy};
-pub use raw::{Discovery, Routing};
-use raw::{RawConfig, RawModel, RawServer};
+pub use raw::{Discovery, LimitStore, Routing};
+use raw::{RawApiKey, RawConfig, RawModel, RawRateLimit, RawServer};
 
 /// One problem in a configuration file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +75,42 @@ impl ConfigError {
 pub struct Config {
     pub server: ServerConfig,
     pub models: Vec<ModelConfig>,
+    pub api_keys: Vec<KeyConfig>,
+    pub rate_limit: RateLimitConfig,
+    /// Things that work but deserve the operator's attention (printed at
+    /// start-up and by `check-config`).
+    pub warnings: Vec<ConfigIssue>,
+}
+
+/// One API key, as the gateway keeps it: its SHA-256 digest, never the key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeyConfig {
+    /// The only name logs and metrics use.
+    pub name: String,
+    pub digest: [u8; 32],
+    pub quotas: Quotas,
+    /// Models the key may use; None = all.
+    pub models: Option<Vec<String>>,
+}
+
+impl fmt::Debug for KeyConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print the digest: it identifies the key.
+        f.debug_struct("KeyConfig")
+            .field("name", &self.name)
+            .field("quotas", &self.quotas)
+            .field("models", &self.models)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitConfig {
+    pub store: LimitStore,
+    pub redis_url: Option<String>,
+    pub redis_timeout: Duration,
+    pub redis_key_prefix: String,
+    pub on_store_error: OnStoreError,
 }
 
 #[derive(Debug, Clone)]
@@ -226,8 +263,17 @@ impl Config {
                 models.push(model);
             }
         }
+        let mut warnings = Vec::new();
+        let api_keys = keys_from_raw(raw.api_keys, &models, &mut issues, &mut warnings);
+        let rate_limit = rate_limit_from_raw(raw.rate_limit, &mut issues);
         match (server, issues.0.is_empty()) {
-            (Some(server), true) => Ok(Config { server, models }),
+            (Some(server), true) => Ok(Config {
+                server,
+                models,
+                api_keys,
+                rate_limit,
+                warnings,
+            }),
             _ => Err(ConfigError::Invalid(issues.0)),
         }
     }
@@ -523,6 +569,183 @@ fn model_from_raw(key: &str, raw: RawModel, issues: &mut Issues) -> Option<Model
         limits,
         validation,
     })
+}
+
+fn keys_from_raw(
+    raw: Vec<RawApiKey>,
+    models: &[ModelConfig],
+    issues: &mut Issues,
+    warnings: &mut Vec<ConfigIssue>,
+) -> Vec<KeyConfig> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut names = HashSet::new();
+    let mut digests = HashSet::new();
+    for (i, k) in raw.into_iter().enumerate() {
+        let key = format!("api_keys[{i}]");
+        let name = match k.name.as_deref() {
+            Some(n)
+                if !n.is_empty()
+                    && n.len() <= 64
+                    && n.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) =>
+            {
+                n.to_string()
+            }
+            Some(_) => {
+                // The name becomes a metric label and a log field.
+                issues.push(
+                    format!("{key}.name"),
+                    "must be 1-64 characters of A-Z a-z 0-9 - _ .",
+                );
+                continue;
+            }
+            None => {
+                issues.push(
+                    format!("{key}.name"),
+                    "is required (it is what logs and metrics show instead of the key)",
+                );
+                continue;
+            }
+        };
+        if !names.insert(name.clone()) {
+            issues.push(
+                format!("{key}.name"),
+                format!("duplicate key name {name:?}"),
+            );
+        }
+        let sources = [k.key_sha256.is_some(), k.key_env.is_some(), k.key.is_some()];
+        match sources.iter().filter(|s| **s).count() {
+            1 => {}
+            0 => {
+                issues.push(key.clone(), "needs one of key_sha256, key_env or key");
+                continue;
+            }
+            _ => {
+                issues.push(key.clone(), "set only one of key_sha256, key_env or key");
+                continue;
+            }
+        }
+        let digest = if let Some(hexed) = &k.key_sha256 {
+            match hex::decode(hexed.trim()) {
+                Ok(bytes) if bytes.len() == 32 => {
+                    let mut d = [0u8; 32];
+                    d.copy_from_slice(&bytes);
+                    d
+                }
+                _ => {
+                    issues.push(
+                        format!("{key}.key_sha256"),
+                        "must be 64 hex digits (sha256sum of the key)",
+                    );
+                    continue;
+                }
+            }
+        } else if let Some(var) = &k.key_env {
+            match std::env::var(var) {
+                Ok(v) if !v.trim().is_empty() => crate::auth::digest(v.trim().as_bytes()),
+                _ => {
+                    issues.push(
+                        format!("{key}.key_env"),
+                        format!("environment variable {var} is not set"),
+                    );
+                    continue;
+                }
+            }
+        } else if let Some(plain) = &k.key {
+            if plain.trim().is_empty() {
+                issues.push(format!("{key}.key"), "must not be empty");
+                continue;
+            }
+            warnings.push(ConfigIssue {
+                key: format!("{key}.key"),
+                message: "a plain key in the configuration file; prefer key_sha256 or key_env"
+                    .into(),
+            });
+            crate::auth::digest(plain.trim().as_bytes())
+        } else {
+            continue;
+        };
+        if !digests.insert(digest) {
+            issues.push(key.clone(), "the same key is configured twice");
+        }
+        for (field, v) in [
+            ("requests_per_minute", k.requests_per_minute.map(u64::from)),
+            ("tokens_per_minute", k.tokens_per_minute),
+        ] {
+            if v == Some(0) {
+                issues.push(
+                    format!("{key}.{field}"),
+                    "must be at least 1 (leave it out for no limit)",
+                );
+            }
+        }
+        if let Some(list) = &k.models {
+            for (j, m) in list.iter().enumerate() {
+                if !models.iter().any(|c| &c.name == m) {
+                    issues.push(
+                        format!("{key}.models[{j}]"),
+                        format!("no [[models]] is named {m:?}"),
+                    );
+                }
+            }
+        }
+        out.push(KeyConfig {
+            name,
+            digest,
+            quotas: Quotas {
+                requests_per_minute: k.requests_per_minute.filter(|v| *v > 0),
+                tokens_per_minute: k.tokens_per_minute.filter(|v| *v > 0),
+            },
+            models: k.models,
+        });
+    }
+    out
+}
+
+fn rate_limit_from_raw(raw: RawRateLimit, issues: &mut Issues) -> RateLimitConfig {
+    let store = raw.store.unwrap_or_default();
+    let redis_url = match (store, raw.redis_url) {
+        (LimitStore::Redis, Some(url)) => {
+            if url.starts_with("redis://")
+                || url.starts_with("unix://")
+                || url.starts_with("redis+unix://")
+            {
+                Some(url)
+            } else {
+                issues.push(
+                    "rate_limit.redis_url",
+                    "must start with redis:// (or unix:// for a socket)",
+                );
+                None
+            }
+        }
+        (LimitStore::Redis, None) => {
+            issues.push("rate_limit.redis_url", "is required with store = \"redis\"");
+            None
+        }
+        (LimitStore::Memory, Some(_)) => {
+            issues.push(
+                "rate_limit.redis_url",
+                "only applies with store = \"redis\"",
+            );
+            None
+        }
+        (LimitStore::Memory, None) => None,
+    };
+    RateLimitConfig {
+        store,
+        redis_url,
+        redis_timeout: duration(
+            "rate_limit.redis_timeout",
+            raw.redis_timeout.as_deref(),
+            defaults::REDIS_TIMEOUT,
+            issues,
+        ),
+        redis_key_prefix: raw
+            .redis_key_prefix
+            .unwrap_or_else(|| defaults::REDIS_KEY_PREFIX.to_string()),
+        on_store_error: raw.on_store_error.unwrap_or_default(),
+    }
 }
 
 fn discovery_from_raw(key: &str, raw: &RawModel, issues: &mut Issues) -> DiscoverySource {

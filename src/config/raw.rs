@@ -8,6 +8,7 @@
 
 use serde::Deserialize;
 
+use crate::ratelimit::OnStoreError;
 use crate::request::{LimitField, OnExceed, ValidationPolicy};
 
 #[derive(Debug, Default, Deserialize)]
@@ -17,6 +18,41 @@ pub struct RawConfig {
     pub server: RawServer,
     #[serde(default)]
     pub models: Vec<RawModel>,
+    #[serde(default)]
+    pub api_keys: Vec<RawApiKey>,
+    #[serde(default)]
+    pub rate_limit: RawRateLimit,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApiKey {
+    pub name: Option<String>,
+    pub key_sha256: Option<String>,
+    pub key_env: Option<String>,
+    pub key: Option<String>,
+    pub requests_per_minute: Option<u32>,
+    pub tokens_per_minute: Option<u64>,
+    pub models: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    pub store: Option<LimitStore>,
+    pub redis_url: Option<String>,
+    pub redis_timeout: Option<String>,
+    pub redis_key_prefix: Option<String>,
+    pub on_store_error: Option<OnStoreError>,
+}
+
+/// Where rate-limit budgets live.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitStore {
+    #[default]
+    Memory,
+    Redis,
 }
 
 #[derive(Debug, Default, Deserialize)]
