@@ -82,6 +82,12 @@ async fn fail_rate_answers_with_vllm_error_bodies() {
     let r = post(format!("{url}/v1/chat/completions"), &chat("ok")).await;
     assert_eq!(r.status(), 200);
     r.bytes().await.unwrap();
+    // `completed` is counted when the simulator's request task ends, which
+    // can be just after the client has read the last byte.
+    wait_stats(&sim, Duration::from_secs(5), "completed count", |s| {
+        s.completed == 200 - failed + 1
+    })
+    .await;
     let s = sim.stats();
     assert_eq!(s.errors_injected, 2 + failed);
     assert_eq!(s.completed, 200 - failed + 1);

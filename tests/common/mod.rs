@@ -2,6 +2,8 @@
 //! ephemeral ports, in this process.
 #![allow(dead_code)]
 
+pub mod openai;
+
 use std::time::{Duration, Instant};
 
 use vllm_gateway::config::Config;
