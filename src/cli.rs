@@ -17,7 +17,11 @@ pub fn serve(path: &Path) -> ExitCode {
         }
     };
     let models: Vec<String> = config.models.iter().map(|m| m.name.clone()).collect();
-    let handle = match gateway::start(config, StartOptions::process()) {
+    let options = StartOptions {
+        config_path: Some(path.to_path_buf()),
+        ..StartOptions::process()
+    };
+    let handle = match gateway::start(config, options) {
         Ok(h) => h,
         Err(e) => {
             eprintln!("cannot start: {e}");

@@ -20,6 +20,12 @@ pub enum GatewayError {
     #[error("The model `{model}` does not exist or you do not have access to it.")]
     ModelNotFound { model: String },
 
+    #[error("Request headers are too large: at most {max_headers} headers and {max_bytes} bytes.")]
+    HeadersTooLarge {
+        max_headers: usize,
+        max_bytes: usize,
+    },
+
     #[error("Request body is larger than the gateway's limit of {limit} bytes.")]
     BodyTooLarge { limit: usize },
 
@@ -103,6 +109,7 @@ impl GatewayError {
             RateLimitUnavailable => 503,
             MethodNotAllowed { .. } => 405,
             BodyTooLarge { .. } => 413,
+            HeadersTooLarge { .. } => 431,
             BodyTimeout { .. } => 408,
             // vLLM answers a wrong Content-Type with 400, not 415
             // (../shared/reference/vllm.md §1); clients built against vLLM
@@ -146,6 +153,7 @@ impl GatewayError {
             RateLimited { .. } => Some("rate_limit_exceeded"),
             RateLimitUnavailable => Some("rate_limit_store_unavailable"),
             BodyTooLarge { .. } => Some("request_too_large"),
+            HeadersTooLarge { .. } => Some("headers_too_large"),
             BodyTimeout { .. } => Some("request_timeout"),
             BodyRead { .. } => Some("invalid_body"),
             UnsupportedMediaType => Some("unsupported_media_type"),
@@ -195,6 +203,7 @@ impl GatewayError {
             RateLimited { .. } => "rate_limited",
             RateLimitUnavailable => "rate_limit_store_unavailable",
             BodyTooLarge { .. } => "body_too_large",
+            HeadersTooLarge { .. } => "headers_too_large",
             BodyTimeout { .. } => "body_timeout",
             BodyRead { .. } => "body_read",
             UnsupportedMediaType => "unsupported_media_type",

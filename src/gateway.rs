@@ -3,8 +3,10 @@
 //! integration tests all start the gateway through [`start`].
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora_core::server::configuration::ServerConf;
@@ -13,8 +15,9 @@ use pingora_core::services::background::{background_service, BackgroundService};
 use tokio::sync::watch;
 
 use crate::admin::AdminApp;
-use crate::config::Config;
-use crate::listener::{self, ConnectionSettings, Listener};
+use crate::config::reload::{ReloadHandle, ReloadOutcome, ReloadRequest, Reloader};
+use crate::config::{Config, ConfigError};
+use crate::listener::{self, ConnectionSettings, Listener, SettingsSource};
 use crate::metrics::Metrics;
 use crate::pool::discovery::{self, Resolver, SystemResolver};
 use crate::pool::health;
@@ -44,6 +47,9 @@ pub struct StartOptions {
     pub os_signals: bool,
     /// Resolves `discovery = "dns"` names (the system resolver by default).
     pub resolver: Arc<dyn Resolver>,
+    /// The configuration file, reloaded on SIGHUP, on change and on request.
+    /// None: the configuration came from elsewhere (demo) and never reloads.
+    pub config_path: Option<PathBuf>,
 }
 
 impl StartOptions {
@@ -52,6 +58,7 @@ impl StartOptions {
         StartOptions {
             os_signals: true,
             resolver: Arc::new(SystemResolver),
+            config_path: None,
         }
     }
 
@@ -60,6 +67,7 @@ impl StartOptions {
         StartOptions {
             os_signals: false,
             resolver: Arc::new(SystemResolver),
+            config_path: None,
         }
     }
 }
@@ -70,6 +78,7 @@ pub struct GatewayHandle {
     pub admin_addr: SocketAddr,
     shared: Arc<Shared>,
     trigger: ShutdownTrigger,
+    reload: Option<ReloadHandle>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -84,6 +93,17 @@ impl GatewayHandle {
 
     pub fn admin_url(&self) -> String {
         format!("http://{}", self.admin_addr)
+    }
+
+    /// Reload the configuration file now (as SIGHUP), and report the outcome.
+    pub async fn reload(&self) -> Result<ReloadOutcome, ConfigError> {
+        match &self.reload {
+            Some(r) => r.reload().await,
+            None => Err(ConfigError::Invalid(vec![crate::config::ConfigIssue {
+                key: String::new(),
+                message: "this gateway was started without a configuration file".into(),
+            }])),
+        }
     }
 
     /// Ask for a graceful shutdown (as SIGTERM) without waiting for it.
@@ -125,6 +145,11 @@ pub fn start(config: Config, options: StartOptions) -> Result<GatewayHandle, Sta
     let public_addr = local_addr("server.listen", &public, config.server.listen)?;
     let admin_addr = local_addr("server.admin_listen", &admin, config.server.admin_listen)?;
 
+    // Every connection holds a descriptor: let the process use what the
+    // system allows rather than a small default soft limit.
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        tracing::warn!(error = %e, "cannot raise the open-file limit");
+    }
     for w in &config.warnings {
         tracing::warn!(key = %w.key, "{}", w.message);
     }
@@ -134,7 +159,6 @@ pub fn start(config: Config, options: StartOptions) -> Result<GatewayHandle, Sta
         );
     }
     let threads = config.server.threads;
-    let grace = config.server.shutdown_grace;
     let shared = Shared::new(config, Metrics::new()?);
 
     let conf = ServerConf {
@@ -150,15 +174,36 @@ pub fn start(config: Config, options: StartOptions) -> Result<GatewayHandle, Sta
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let (_never_tx, never_rx) = watch::channel(false);
-    let settings = ConnectionSettings {
-        keepalive_idle_secs: 60,
+    let public_settings: SettingsSource = {
+        let shared = Arc::clone(&shared);
+        Arc::new(move || {
+            let s = &shared.snapshot().config.server;
+            ConnectionSettings {
+                keepalive_idle_secs: s.keepalive_idle_timeout.as_secs().max(1),
+                header_read_timeout: s.header_read_timeout,
+                max_requests_per_connection: s.max_requests_per_connection,
+                max_connections: s.max_connections,
+            }
+        })
     };
+    // The admin listener serves a handful of scrapers and probes.
+    let admin_settings: SettingsSource = Arc::new(|| ConnectionSettings {
+        keepalive_idle_secs: 60,
+        header_read_timeout: Duration::from_secs(10),
+        max_requests_per_connection: 10_000,
+        max_connections: 256,
+    });
     let proxy = Arc::new(pingora_proxy::http_proxy(
         &server.configuration,
         Gateway::new(Arc::clone(&shared)),
     ));
     server.add_service(Listener::new(
-        "public", public, proxy, threads, settings, stop_rx,
+        "public",
+        public,
+        proxy,
+        threads,
+        public_settings,
+        stop_rx,
     ));
     // The admin listener keeps answering while the gateway drains: /readyz
     // reporting "draining" is what takes the replica out of rotation.
@@ -167,7 +212,7 @@ pub fn start(config: Config, options: StartOptions) -> Result<GatewayHandle, Sta
         admin,
         Arc::new(AdminApp::new(Arc::clone(&shared))),
         1,
-        settings,
+        admin_settings,
         never_rx,
     ));
     server.add_service(background_service(
@@ -178,11 +223,27 @@ pub fn start(config: Config, options: StartOptions) -> Result<GatewayHandle, Sta
         },
     ));
 
+    let mut reload = None;
+    if let Some(path) = &options.config_path {
+        let (handle, requests) = ReloadHandle::new();
+        let loaded = std::fs::read_to_string(path).ok();
+        server.add_service(background_service(
+            "reload",
+            ReloadTask {
+                reloader: std::sync::Mutex::new(Some((
+                    Reloader::new(Arc::clone(&shared), path.clone(), loaded),
+                    requests,
+                ))),
+                os_signals: options.os_signals,
+            },
+        ));
+        reload = Some(handle);
+    }
+
     let (trigger, requests) = ShutdownTrigger::new();
     let watch = DrainingShutdown {
         shared: Arc::clone(&shared),
         stop_accepting: stop_tx,
-        grace,
         requests,
         os_signals: options.os_signals,
     };
@@ -202,6 +263,7 @@ pub fn start(config: Config, options: StartOptions) -> Result<GatewayHandle, Sta
         admin_addr,
         shared,
         trigger,
+        reload,
         thread: Some(thread),
     })
 }
@@ -241,5 +303,22 @@ impl BackgroundService for PoolTasks {
                 shutdown
             ),
         );
+    }
+}
+
+/// Runs the reloader until shutdown.
+struct ReloadTask {
+    /// Taken by the one `start` call.
+    reloader: std::sync::Mutex<Option<(Reloader, tokio::sync::mpsc::Receiver<ReloadRequest>)>>,
+    os_signals: bool,
+}
+
+#[async_trait]
+impl BackgroundService for ReloadTask {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let taken = self.reloader.lock().ok().and_then(|mut r| r.take());
+        if let Some((reloader, requests)) = taken {
+            reloader.run(requests, self.os_signals, shutdown).await;
+        }
     }
 }

@@ -14,7 +14,9 @@
 //!   always sleeps its whole grace period: pingora.md §9).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora_core::apps::HttpServerApp;
@@ -40,11 +42,36 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-/// Per-connection settings.
+/// Per-connection settings, read for every new connection (so a reload
+/// applies to new connections at once).
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionSettings {
     /// Seconds an idle keep-alive connection waits for its next request.
     pub keepalive_idle_secs: u64,
+    /// The request head must arrive within this time (slowloris defense).
+    pub header_read_timeout: Duration,
+    pub max_requests_per_connection: u32,
+    /// Connections beyond this are closed as soon as they are accepted.
+    pub max_connections: usize,
+}
+
+/// Where a listener reads its current settings.
+pub type SettingsSource = Arc<dyn Fn() -> ConnectionSettings + Send + Sync>;
+
+/// Set when a request's head has been read: handed to the application
+/// through the connection's user context (see `ProxyHttp::on_connection_reuse`),
+/// so the accept loop knows the head arrived in time.
+#[derive(Debug, Default)]
+pub struct HeadSignal(AtomicBool);
+
+impl HeadSignal {
+    pub fn mark_read(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    fn is_read(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
 }
 
 /// A service accepting connections on one pre-bound listener and serving
@@ -54,9 +81,10 @@ pub struct Listener<A> {
     socket: Option<std::net::TcpListener>,
     app: Arc<A>,
     threads: usize,
-    settings: ConnectionSettings,
+    settings: SettingsSource,
     /// Flips to true when the listener must stop accepting (drain).
     stop: watch::Receiver<bool>,
+    open: Arc<AtomicUsize>,
 }
 
 impl<A> Listener<A> {
@@ -65,7 +93,7 @@ impl<A> Listener<A> {
         socket: std::net::TcpListener,
         app: Arc<A>,
         threads: usize,
-        settings: ConnectionSettings,
+        settings: SettingsSource,
         stop: watch::Receiver<bool>,
     ) -> Listener<A> {
         Listener {
@@ -75,6 +103,7 @@ impl<A> Listener<A> {
             threads,
             settings,
             stop,
+            open: Arc::new(AtomicUsize::new(0)),
         }
     }
 }
@@ -105,10 +134,21 @@ impl<A: HttpServerApp + Send + Sync + 'static> Service for Listener<A> {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((tcp, peer)) => {
+                        let settings = (self.settings)();
+                        let open = OpenConnection::new(&self.open);
+                        if open.count() > settings.max_connections {
+                            // Over the limit: close at once rather than let
+                            // the connection hold memory and a descriptor.
+                            drop(tcp);
+                            rejected_log(&self.name, settings.max_connections);
+                            continue;
+                        }
                         let app = Arc::clone(&self.app);
                         let shutdown = shutdown.clone();
-                        let settings = self.settings;
-                        tokio::spawn(serve_connection(app, tcp, peer, shutdown, settings));
+                        tokio::spawn(async move {
+                            let _open = open;
+                            serve_connection(app, tcp, peer, shutdown, settings).await;
+                        });
                     }
                     Err(e) => {
                         tracing::warn!(listener = %self.name, error = %e, "accept failed");
@@ -141,6 +181,41 @@ impl<A: HttpServerApp + Send + Sync + 'static> Service for Listener<A> {
     }
 }
 
+/// Counts a connection as open while it lives.
+struct OpenConnection(Arc<AtomicUsize>, usize);
+
+impl OpenConnection {
+    fn new(counter: &Arc<AtomicUsize>) -> OpenConnection {
+        let n = counter.fetch_add(1, Ordering::AcqRel) + 1;
+        OpenConnection(Arc::clone(counter), n)
+    }
+
+    fn count(&self) -> usize {
+        self.1
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// At most one warning a second about refused connections.
+fn rejected_log(listener: &str, limit: usize) {
+    static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if LAST.swap(now, Ordering::Relaxed) != now {
+        tracing::warn!(
+            listener,
+            limit,
+            "connection limit reached; closing new connections"
+        );
+    }
+}
+
 async fn serve_connection<A: HttpServerApp + Send + Sync + 'static>(
     app: Arc<A>,
     tcp: tokio::net::TcpStream,
@@ -155,15 +230,48 @@ async fn serve_connection<A: HttpServerApp + Send + Sync + 'static>(
     let _ = digest.peer_addr.set(Some(peer.into()));
     stream.set_socket_digest(digest);
 
-    let mut session = ServerSession::new_http1(Box::new(stream));
-    session.set_keepalive(Some(settings.keepalive_idle_secs));
-    let mut reused = app.process_new_http(session, &shutdown).await;
-    while let Some((stream, persistent)) = reused.map(|r| r.consume()) {
+    let mut stream: pingora_core::protocols::Stream = Box::new(stream);
+    let mut persistent = None;
+    // The first head must arrive within the header timeout of the accept;
+    // later ones within the idle timeout plus the header timeout.
+    let mut allowance = settings.header_read_timeout;
+    for served in 0..settings.max_requests_per_connection {
         let mut session = ServerSession::new_http1(stream);
-        if let Some(p) = persistent {
-            p.apply_to_session(&mut session);
+        if let Some(p) = persistent.take() {
+            pingora_core::apps::HttpPersistentSettings::apply_to_session(p, &mut session);
         }
-        reused = app.process_new_http(session, &shutdown).await;
+        let last = served + 1 == settings.max_requests_per_connection;
+        session.set_keepalive(if last {
+            None
+        } else {
+            Some(settings.keepalive_idle_secs)
+        });
+        let head = Arc::new(HeadSignal::default());
+        session.set_connection_user_context(Some(Box::new(Arc::clone(&head))));
+        let deadline = tokio::time::Instant::now() + allowance;
+        let reused = tokio::select! {
+            r = app.process_new_http(session, &shutdown) => r,
+            () = head_overdue(&head, deadline) => {
+                // The head did not arrive in time: dropping the session
+                // closes the connection.
+                return;
+            }
+        };
+        let Some(r) = reused else { return };
+        let (next, p) = r.consume();
+        stream = next;
+        persistent = p;
+        allowance =
+            Duration::from_secs(settings.keepalive_idle_secs) + settings.header_read_timeout;
+    }
+}
+
+/// Resolves when `deadline` passes before the request head was read; never
+/// once it was.
+async fn head_overdue(head: &HeadSignal, deadline: tokio::time::Instant) {
+    tokio::time::sleep_until(deadline).await;
+    if head.is_read() {
+        std::future::pending::<()>().await;
     }
 }
 

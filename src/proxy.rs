@@ -26,6 +26,7 @@ use crate::admission::{self, Admitted};
 use crate::auth::{AuthFailure, Caller};
 use crate::error::GatewayError;
 use crate::forward::{self, ExchangeReport, UpstreamRequest};
+use crate::listener::HeadSignal;
 use crate::metering::{AnswerMeter, Metered};
 use crate::metrics::{field_label, UNKNOWN_MODEL};
 use crate::ratelimit::{LimitStatus, Verdict};
@@ -148,6 +149,20 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    /// Called right after the request head was read; the accept loop put a
+    /// [`HeadSignal`] in the connection context to learn just that (its
+    /// header-read deadline stops counting).
+    fn on_connection_reuse(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+        reused: Box<dyn std::any::Any + Send + Sync>,
+    ) {
+        if let Ok(head) = reused.downcast::<Arc<HeadSignal>>() {
+            head.mark_read();
+        }
+    }
+
     /// No downstream modules: the gateway never compresses (SSE must not be
     /// buffered by a compressor, pingora.md §5) and skips their per-write cost.
     fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
@@ -257,6 +272,7 @@ impl Gateway {
         snapshot: &Snapshot,
     ) -> Result<(), GatewayError> {
         let checks = Instant::now();
+        check_head_size(session, &snapshot.config.server)?;
         let endpoint = route(session)?;
         ctx.endpoint = Some(endpoint);
         ctx.caller = self.authenticate(session, snapshot)?;
@@ -475,6 +491,28 @@ impl Gateway {
         .await;
         Ok(())
     }
+}
+
+/// Bound the request head: Pingora accepts up to 1 MiB and 256 headers
+/// (pingora.md §6), far more than any API client sends.
+fn check_head_size(
+    session: &Session,
+    server: &crate::config::ServerConfig,
+) -> Result<(), GatewayError> {
+    let h = session.req_header();
+    let bytes: usize = h
+        .headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + h.uri.to_string().len();
+    if h.headers.len() > server.max_headers || bytes > server.max_header_bytes {
+        return Err(GatewayError::HeadersTooLarge {
+            max_headers: server.max_headers,
+            max_bytes: server.max_header_bytes,
+        });
+    }
+    Ok(())
 }
 
 /// The endpoint for the request's method and path.

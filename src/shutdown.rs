@@ -7,7 +7,6 @@
 //! further grace period to sleep through.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora_core::server::{ShutdownSignal, ShutdownSignalWatch};
@@ -43,7 +42,6 @@ pub struct DrainingShutdown {
     pub shared: Arc<Shared>,
     /// Tells the public listener to stop accepting.
     pub stop_accepting: watch::Sender<bool>,
-    pub grace: Duration,
     pub requests: watch::Receiver<Option<ShutdownKind>>,
     /// Listen to SIGTERM/SIGINT/SIGQUIT too (the real binary does; gateways
     /// embedded in tests do not, or one signal would stop them all).
@@ -95,15 +93,17 @@ impl ShutdownSignalWatch for DrainingShutdown {
             return ShutdownSignal::FastShutdown;
         }
         let in_flight = self.shared.drain.in_flight();
+        // The grace period of the configuration running now (reloadable).
+        let grace = self.shared.snapshot().config.server.shutdown_grace;
         tracing::info!(
             in_flight,
-            grace_s = self.grace.as_secs_f64(),
+            grace_s = grace.as_secs_f64(),
             "graceful shutdown: not accepting, draining requests in flight"
         );
         self.shared.drain.start_draining();
         let _ = self.stop_accepting.send(true);
         let drained = tokio::select! {
-            r = tokio::time::timeout(self.grace, self.shared.drain.wait_idle()) => r.is_ok(),
+            r = tokio::time::timeout(grace, self.shared.drain.wait_idle()) => r.is_ok(),
             // A second request to stop (e.g. Ctrl-C again) cuts the drain short.
             kind = self.next_request_after_drain_started() => kind == ShutdownKind::Graceful,
         };

@@ -19,6 +19,22 @@ pub const MAX_JSON_DEPTH: usize = 64;
 /// Longest single JSON string in a request body (a base64 image is the usual
 /// large one); bounded anyway by `max_body_bytes`.
 pub const MAX_STRING_BYTES: usize = 4 * 1024 * 1024;
+/// A request head (request line and headers) must arrive whole within this
+/// time of the connection opening (or of the previous answer): slowloris
+/// clients trickling a header byte by byte are cut off.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// An idle keep-alive connection waiting for its next request is closed
+/// after this.
+pub const KEEPALIVE_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Requests served on one connection before it is closed (as nginx's
+/// keepalive_requests: bounds per-connection state).
+pub const MAX_REQUESTS_PER_CONNECTION: u32 = 1000;
+/// Concurrent client connections; more are accepted and closed at once.
+pub const MAX_CONNECTIONS: usize = 16384;
+/// Largest request head, counting every header name and value (431 beyond).
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+/// Most request headers (431 beyond).
+pub const MAX_HEADERS: usize = 100;
 
 /// Pooled upstream connections are dropped after this idle time. It must stay
 /// below vLLM's (uvicorn's) 5 s keep-alive, or a POST can be written to a

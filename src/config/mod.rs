@@ -8,6 +8,7 @@
 
 pub mod defaults;
 pub mod raw;
+pub mod reload;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -124,6 +125,12 @@ pub struct ServerConfig {
     pub body_read_timeout: Duration,
     /// Nesting and string bounds for request bodies.
     pub json: JsonLimits,
+    pub header_read_timeout: Duration,
+    pub keepalive_idle_timeout: Duration,
+    pub max_requests_per_connection: u32,
+    pub max_connections: usize,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -361,6 +368,42 @@ fn server_from_raw(raw: RawServer, issues: &mut Issues) -> Option<ServerConfig> 
             n => n,
         },
     };
+    let header_read_timeout = duration(
+        "server.header_read_timeout",
+        raw.header_read_timeout.as_deref(),
+        defaults::HEADER_READ_TIMEOUT,
+        issues,
+    );
+    let keepalive_idle_timeout = duration(
+        "server.keepalive_idle_timeout",
+        raw.keepalive_idle_timeout.as_deref(),
+        defaults::KEEPALIVE_IDLE_TIMEOUT,
+        issues,
+    );
+    let mut at_least_one = |key: &str, v: Option<usize>, default: usize| match v {
+        Some(0) => {
+            issues.push(key, "must be at least 1");
+            default
+        }
+        Some(n) => n,
+        None => default,
+    };
+    let max_requests_per_connection = at_least_one(
+        "server.max_requests_per_connection",
+        raw.max_requests_per_connection.map(|n| n as usize),
+        defaults::MAX_REQUESTS_PER_CONNECTION as usize,
+    ) as u32;
+    let max_connections = at_least_one(
+        "server.max_connections",
+        raw.max_connections,
+        defaults::MAX_CONNECTIONS,
+    );
+    let max_header_bytes = at_least_one(
+        "server.max_header_bytes",
+        raw.max_header_bytes,
+        defaults::MAX_HEADER_BYTES,
+    );
+    let max_headers = at_least_one("server.max_headers", raw.max_headers, defaults::MAX_HEADERS);
     Some(ServerConfig {
         listen: listen?,
         admin_listen: admin_listen?,
@@ -369,6 +412,12 @@ fn server_from_raw(raw: RawServer, issues: &mut Issues) -> Option<ServerConfig> 
         shutdown_grace,
         body_read_timeout,
         json,
+        header_read_timeout,
+        keepalive_idle_timeout,
+        max_requests_per_connection,
+        max_connections,
+        max_header_bytes,
+        max_headers,
     })
 }
 

@@ -66,6 +66,12 @@ pub struct RawServer {
     pub body_read_timeout: Option<String>,
     pub max_json_depth: Option<usize>,
     pub max_string_bytes: Option<usize>,
+    pub header_read_timeout: Option<String>,
+    pub keepalive_idle_timeout: Option<String>,
+    pub max_requests_per_connection: Option<u32>,
+    pub max_connections: Option<usize>,
+    pub max_header_bytes: Option<usize>,
+    pub max_headers: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
