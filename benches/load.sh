@@ -16,7 +16,7 @@ usage: bash benches/load.sh [options]
   --duration D          measured time per run (default 10s)
   --warmup D            load before measuring, not counted (default 2s)
   --connections N       closed-loop connections for the saturating scenarios (default 64)
-  --paced-connections N connections for the paced (latency) scenario (default: --connections)
+  --paced-connections N connections for the paced (added-latency) scenario (default 16)
   --runs N              runs of every (target, scenario), interleaved; medians reported (default 3)
   --proxy-threads N     gateway [server] threads = nginx worker_processes (default 2 = cores)
   --loadgen-threads N   load generator threads (default 1)
@@ -83,7 +83,7 @@ if [[ $QUICK == 1 ]]; then
   STREAMS=1000
   STREAM_SECONDS=10
 fi
-PACED_CONNECTIONS=${PACED_CONNECTIONS:-$CONNECTIONS}
+PACED_CONNECTIONS=${PACED_CONNECTIONS:-16}
 if [[ -z $PARTS ]]; then
   if [[ -n $SOAK ]]; then PARTS=soak; else PARTS=compare,ceiling,streams; fi
 fi
@@ -207,8 +207,17 @@ start_sim() {
 
 # Fast workers (throughput): no simulated compute time, 16-token answers.
 FAST_ARGS=(--ttft-ms 0 --itl-ms 0 --output-tokens 16 --max-num-seqs 4096 --threads 1)
-# Paced workers (added latency): 5 ms to the first token, 2 ms between tokens.
-PACED_ARGS=(--ttft-ms 5 --itl-ms 2 --output-tokens 16 --max-num-seqs 4096 --threads 1)
+# Paced workers (added latency) are `loadgen upstream`: 5 ms to the first token, 2 ms between
+# 16 tokens, every event stamped with its send time. The simulator's tokio timer jitters by a
+# millisecond on this box, which hides a proxy's added 100 µs; stamps measure it per event.
+PACED_ARGS=(--ttft 5ms --itl 2ms --tokens 16)
+
+# start_stamped NAME PORT MODEL: pid in LAST_PID
+start_stamped() {
+  local name=$1 port=$2 model=$3
+  start_bg "$TMP/$name.log" "$LOADGEN" upstream --listen "127.0.0.1:$port" --model "$model" "${PACED_ARGS[@]}"
+  wait_http "http://127.0.0.1:$port/health" "$LAST_PID" "$TMP/$name.log"
+}
 
 # ---------------------------------------------------------------------------------------------
 # The gateway
@@ -386,11 +395,11 @@ HEADER=$OUT/report.md
 if has_part compare || has_part ceiling; then
   mapfile -t P < <("$LOADGEN" free-ports 8)
   SF1=${P[0]} SF2=${P[1]} SP1=${P[2]} SP2=${P[3]} GW=${P[4]} GWA=${P[5]} NF=${P[6]} NP=${P[7]}
-  log "starting simulated workers: fast on $SF1 $SF2, paced on $SP1 $SP2"
+  log "starting workers: simulated (fast) on $SF1 $SF2, stamped (paced) on $SP1 $SP2"
   start_sim sim-fast-1 "$SF1" "$MODEL_FAST" "${FAST_ARGS[@]}"; SIM_FAST_PIDS="$LAST_PID"
   start_sim sim-fast-2 "$SF2" "$MODEL_FAST" "${FAST_ARGS[@]}"; SIM_FAST_PIDS+=" $LAST_PID"
-  start_sim sim-paced-1 "$SP1" "$MODEL_PACED" "${PACED_ARGS[@]}"; SIM_PACED_PIDS="$LAST_PID"
-  start_sim sim-paced-2 "$SP2" "$MODEL_PACED" "${PACED_ARGS[@]}"; SIM_PACED_PIDS+=" $LAST_PID"
+  start_stamped stamped-1 "$SP1" "$MODEL_PACED"; SIM_PACED_PIDS="$LAST_PID"
+  start_stamped stamped-2 "$SP2" "$MODEL_PACED"; SIM_PACED_PIDS+=" $LAST_PID"
 fi
 
 if has_part compare; then
@@ -418,7 +427,7 @@ if has_part compare; then
     echo "- gateway: auth $GATEWAY_AUTH; metrics on (admin listener); access log to a file"
     echo "- nginx $($NGINX -v 2>&1 | sed 's/.*: //'): worker_processes $PROXY_THREADS, proxy_buffering off, upstream keepalive 256, least_conn, access log to a file"
     echo "- scenarios: json and sse at $CONNECTIONS connections against workers with no compute delay (16 tokens);"
-    echo "  sse-paced at $PACED_CONNECTIONS connections against workers with 5 ms to first token and 2 ms between tokens (not saturating: added-latency targets are judged here)"
+    echo "  sse-paced at $PACED_CONNECTIONS connections against \`loadgen upstream\` workers (5 ms to first token, 2 ms between 16 tokens, each event stamped with its send time): a light load, where the added-latency targets are judged"
     echo "- RSS is the sum over the target's processes (gateway: 1; nginx: master + workers; direct: both workers)"
   } >>"$HEADER"
 
@@ -547,7 +556,7 @@ if has_part streams; then
   loadgen "$((STREAMS / RATE + TIMEOUT_S + 60))s" streams --url "http://127.0.0.1:$GW/v1/chat/completions" \
     --model "$MODEL_SLOW" --max-tokens "$STREAM_SECONDS" --api-key "$API_KEY" \
     --connections "$STREAMS" --connect-rate "$RATE" --timeout "${TIMEOUT_S}s" --buf 4096 \
-    --watch-pid "$GWS_PID" --sample-every 1s --label part=streams --label asked="$STREAMS_ASKED"
+    --watch-pid "$GWS_PID" --sample-every 1s --settle 8s --label part=streams --label asked="$STREAMS_ASKED"
   note_log gateway-streams "$TMP/gateway-streams.log"
   # shellcheck disable=SC2086
   stop_pids "$GWS_PID" $SLOW_PIDS

@@ -34,6 +34,8 @@ use tokio::net::TcpStream;
 
 #[path = "loadgen/report.rs"]
 mod report;
+#[path = "loadgen/upstream.rs"]
+mod upstream;
 
 const SUBCOMMANDS: &[&str] = &[
     "run",
@@ -41,6 +43,7 @@ const SUBCOMMANDS: &[&str] = &[
     "report",
     "free-ports",
     "self-test",
+    "upstream",
     "help",
     "--help",
     "-h",
@@ -60,6 +63,7 @@ fn main() -> ExitCode {
         Cmd::Report(a) => report::main(&a),
         Cmd::FreePorts { n } => free_ports(n),
         Cmd::SelfTest => self_test(),
+        Cmd::Upstream(a) => upstream::main(a),
     };
     match result {
         Ok(code) => code,
@@ -92,6 +96,8 @@ enum Cmd {
     FreePorts { n: usize },
     /// Check the HTTP/SSE decoders (fast; load.sh runs it first).
     SelfTest,
+    /// A minimal worker whose SSE events carry their send time (for added-latency runs).
+    Upstream(upstream::UpstreamArgs),
 }
 
 /// What every request looks like and where it goes.
@@ -185,6 +191,9 @@ struct StreamsArgs {
     /// After every stream has its response head, wait this long, then sample memory.
     #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
     open_settle: Duration,
+    /// After every stream has ended, wait this long and sample once more (0 = do not).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    settle: Duration,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -449,6 +458,12 @@ fn parse_head(bytes: &[u8]) -> Result<Option<(usize, Head)>, Fail> {
     )))
 }
 
+/// The decimal number at the start of `b`, if there is one.
+fn parse_digits(b: &[u8]) -> Option<u64> {
+    let n = b.iter().take_while(|c| c.is_ascii_digit()).count();
+    std::str::from_utf8(&b[..n]).ok()?.parse().ok()
+}
+
 fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len())
         .any(|w| w.eq_ignore_ascii_case(needle))
@@ -550,40 +565,64 @@ impl Chunked {
     }
 }
 
+/// Per-response event timings, in ns, reused from request to request.
+#[derive(Default)]
+struct Scratch {
+    /// Between consecutive events' arrivals.
+    gaps: Vec<u64>,
+    /// Arrival minus send time, for events stamped by `loadgen upstream`.
+    delays: Vec<u64>,
+    /// How much longer a gap arrived than it was sent (delay_k - delay_k-1, when positive).
+    stretch: Vec<u64>,
+}
+
+/// Current wall-clock time in ns since the Unix epoch: the clock `loadgen upstream` stamps
+/// events with (another process on the same machine, so the same clock).
+fn wall_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, nanos)
+}
+
 /// Finds SSE events (blank-line terminated, `\n\n` as vLLM and the simulator send them) in
 /// the decoded body and times their arrival.
 struct SseClock<'a> {
     line_start: bool,
     event_bytes: usize,
-    head: [u8; 12],
+    head: [u8; 40],
     head_len: usize,
     events: u32,
     first: Option<Instant>,
     last: Option<Instant>,
+    last_delay: Option<u64>,
     done: bool,
-    /// Gaps between consecutive events of this response, in ns.
-    gaps: &'a mut Vec<u64>,
+    out: &'a mut Scratch,
 }
 
 const DONE_EVENT: &[u8] = b"data: [DONE]";
+const STAMP: &[u8] = br#"data: {"t":"#;
 
 impl<'a> SseClock<'a> {
-    fn new(gaps: &'a mut Vec<u64>) -> Self {
-        gaps.clear();
+    fn new(out: &'a mut Scratch) -> Self {
+        out.gaps.clear();
+        out.delays.clear();
+        out.stretch.clear();
         SseClock {
             line_start: true,
             event_bytes: 0,
-            head: [0; 12],
+            head: [0; 40],
             head_len: 0,
             events: 0,
             first: None,
             last: None,
+            last_delay: None,
             done: false,
-            gaps,
+            out,
         }
     }
 
-    fn feed(&mut self, mut data: &[u8], now: Instant) {
+    /// `now` and `wall` are the arrival time of the read that brought `data`.
+    fn feed(&mut self, mut data: &[u8], now: Instant, wall: u64) {
         while !data.is_empty() {
             let (line, nl) = match memchr::memchr(b'\n', data) {
                 Some(p) => (&data[..p], true),
@@ -599,7 +638,7 @@ impl<'a> SseClock<'a> {
             }
             if nl {
                 if self.line_start && self.event_bytes > 0 {
-                    self.event(now);
+                    self.event(now, wall);
                 } else {
                     self.line_start = true;
                 }
@@ -610,16 +649,24 @@ impl<'a> SseClock<'a> {
         }
     }
 
-    fn event(&mut self, now: Instant) {
+    fn event(&mut self, now: Instant, wall: u64) {
         self.events += 1;
         if let Some(last) = self.last {
-            self.gaps.push(now.duration_since(last).as_nanos() as u64);
+            self.out.gaps.push(nanos(now.duration_since(last)));
         } else {
             self.first = Some(now);
         }
         self.last = Some(now);
-        if self.head[..self.head_len] == *DONE_EVENT {
+        let head = &self.head[..self.head_len];
+        if head == DONE_EVENT {
             self.done = true;
+        } else if let Some(sent) = head.strip_prefix(STAMP).and_then(parse_digits) {
+            let delay = wall.saturating_sub(sent);
+            self.out.delays.push(delay);
+            if let Some(prev) = self.last_delay {
+                self.out.stretch.push(delay.saturating_sub(prev));
+            }
+            self.last_delay = Some(delay);
         }
         self.event_bytes = 0;
         self.head_len = 0;
@@ -632,7 +679,7 @@ async fn exchange(
     req: &[u8],
     abort_after_first_event: bool,
     stop_after_head: bool,
-    gaps: &mut Vec<u64>,
+    scratch: &mut Scratch,
 ) -> Result<(Outcome, Option<BodyState>), Fail> {
     if c.start != c.end {
         return Err(Fail::Protocol); // bytes nobody asked for
@@ -661,7 +708,7 @@ async fn exchange(
     if stop_after_head {
         return Ok((Outcome::Opened, Some(state)));
     }
-    read_body(c, state, abort_after_first_event, gaps, || {})
+    read_body(c, state, abort_after_first_event, scratch, || {})
         .await
         .map(|o| (o, None))
 }
@@ -680,7 +727,7 @@ async fn read_body(
     c: &mut Conn,
     st: BodyState,
     abort_after_first_event: bool,
-    gaps: &mut Vec<u64>,
+    scratch: &mut Scratch,
     mut on_first_event: impl FnMut(),
 ) -> Result<Outcome, Fail> {
     let BodyState {
@@ -690,8 +737,9 @@ async fn read_body(
         head_at,
     } = st;
     let event_stream = head.event_stream;
-    let mut sse = SseClock::new(gaps);
+    let mut sse = SseClock::new(scratch);
     let mut now = head_at;
+    let mut wall = wall_ns();
     let mut first_seen = false;
     loop {
         let data = &c.buf[c.start..c.end];
@@ -699,19 +747,19 @@ async fn read_body(
             Framing::Length(rem) => {
                 let n = (*rem).min(data.len() as u64);
                 if event_stream {
-                    sse.feed(&data[..n as usize], now);
+                    sse.feed(&data[..n as usize], now, wall);
                 }
                 *rem -= n;
                 (n as usize, *rem == 0)
             }
             Framing::Chunked(ch) => ch.feed(data, |d| {
                 if event_stream {
-                    sse.feed(d, now);
+                    sse.feed(d, now, wall);
                 }
             })?,
             Framing::UntilEof => {
                 if event_stream {
-                    sse.feed(data, now);
+                    sse.feed(data, now, wall);
                 }
                 (data.len(), false)
             }
@@ -729,6 +777,9 @@ async fn read_body(
         }
         let n = c.fill().await.map_err(|_| Fail::Io)?;
         now = Instant::now();
+        if event_stream {
+            wall = wall_ns();
+        }
         if n == 0 {
             if matches!(head.framing, Framing::UntilEof) {
                 break;
@@ -766,6 +817,8 @@ struct Stats {
     ttfb: Histogram<u64>,
     ttft: Histogram<u64>,
     gap: Histogram<u64>,
+    delay: Histogram<u64>,
+    stretch: Histogram<u64>,
     ok: u64,
     ok_streams: u64,
     events: u64,
@@ -784,6 +837,8 @@ impl Stats {
             ttfb: histogram(),
             ttft: histogram(),
             gap: histogram(),
+            delay: histogram(),
+            stretch: histogram(),
             ok: 0,
             ok_streams: 0,
             events: 0,
@@ -796,7 +851,7 @@ impl Stats {
         }
     }
 
-    fn record_ok(&mut self, d: &Done, gaps: &[u64]) {
+    fn record_ok(&mut self, d: &Done, t: &Scratch) {
         self.ok += 1;
         self.latency.saturating_record(nanos(d.total));
         self.ttfb.saturating_record(nanos(d.ttfb));
@@ -805,8 +860,14 @@ impl Stats {
             self.ttft.saturating_record(nanos(t));
             self.events += u64::from(d.events);
         }
-        for &g in gaps {
+        for &g in &t.gaps {
             self.gap.saturating_record(g);
+        }
+        for &x in &t.delays {
+            self.delay.saturating_record(x);
+        }
+        for &x in &t.stretch {
+            self.stretch.saturating_record(x);
         }
     }
 
@@ -816,6 +877,8 @@ impl Stats {
         let _ = self.ttfb.add(&o.ttfb);
         let _ = self.ttft.add(&o.ttft);
         let _ = self.gap.add(&o.gap);
+        let _ = self.delay.add(&o.delay);
+        let _ = self.stretch.add(&o.stretch);
         self.ok += o.ok;
         self.ok_streams += o.ok_streams;
         self.events += o.events;
@@ -856,6 +919,8 @@ impl Stats {
             "ttfb_us": hist_json(&self.ttfb),
             "ttft_us": hist_json(&self.ttft),
             "gap_us": hist_json(&self.gap),
+            "event_delay_us": hist_json(&self.delay),
+            "gap_stretch_us": hist_json(&self.stretch),
         })
     }
 }
@@ -1239,7 +1304,7 @@ async fn conn_loop(id: usize, plan: Rc<RunPlan>, stats: Rc<RefCell<Stats>>) {
     let ep = &plan.endpoints[id % plan.endpoints.len()];
     let mut rng = fastrand::Rng::with_seed(0x9e37_79b9 ^ id as u64);
     let mut conn: Option<Conn> = None;
-    let mut gaps = Vec::with_capacity(64);
+    let mut scratch = Scratch::default();
     loop {
         let now = Instant::now();
         if now >= plan.end {
@@ -1263,7 +1328,7 @@ async fn conn_loop(id: usize, plan: Rc<RunPlan>, stats: Rc<RefCell<Stats>>) {
         let abort = stream && rng.f64() < plan.abort_fraction;
         let close = rng.f64() < plan.close_fraction;
         let req = ep.request(stream, close);
-        let r = tokio::time::timeout(plan.timeout, exchange(c, req, abort, false, &mut gaps))
+        let r = tokio::time::timeout(plan.timeout, exchange(c, req, abort, false, &mut scratch))
             .await
             .unwrap_or(Err(Fail::Timeout));
         let done_at = Instant::now();
@@ -1278,7 +1343,7 @@ async fn conn_loop(id: usize, plan: Rc<RunPlan>, stats: Rc<RefCell<Stats>>) {
                 } else if done_at > plan.end {
                     st.late_ok += 1;
                 } else {
-                    st.record_ok(&d, &gaps);
+                    st.record_ok(&d, &scratch);
                 }
             }
             Ok((Outcome::Aborted | Outcome::Opened, _)) => {
@@ -1341,9 +1406,9 @@ fn streams(a: StreamsArgs) -> Result<ExitCode, String> {
                 let mut st = state.borrow_mut();
                 let mut stats = stats.borrow_mut();
                 match r.unwrap_or(Err(Fail::Timeout)) {
-                    Ok((d, gaps)) => {
+                    Ok((d, scratch)) => {
                         st.finished += 1;
-                        stats.record_ok(&d, &gaps);
+                        stats.record_ok(&d, &scratch);
                     }
                     Err(f) => {
                         st.failed += 1;
@@ -1386,6 +1451,12 @@ fn streams(a: StreamsArgs) -> Result<ExitCode, String> {
         }
     });
     drop(local);
+    let after = if a.settle.is_zero() || a.watch.pids.is_empty() {
+        Value::Null
+    } else {
+        std::thread::sleep(a.settle);
+        sample(&a.watch.pids, true, start, Instant::now()).json()
+    };
     let samples = sampler.map(Sampler::finish).unwrap_or_default();
     let st = state.borrow();
     let stats = stats.borrow();
@@ -1407,7 +1478,13 @@ fn streams(a: StreamsArgs) -> Result<ExitCode, String> {
     });
     merge_into(&mut out, stats.json(elapsed));
     if !a.watch.pids.is_empty() {
-        out["watch"] = watch_json(&a.watch, &samples, f64::MIN, f64::MAX, json!({}));
+        out["watch"] = watch_json(
+            &a.watch,
+            &samples,
+            f64::MIN,
+            f64::MAX,
+            json!({ "after_settle": after }),
+        );
     }
     eprintln!(
         "streams: {} finished, {} failed {}",
@@ -1421,18 +1498,18 @@ async fn one_stream(
     ep: &Endpoint,
     buf: usize,
     state: &RefCell<StreamsState>,
-) -> Result<(Done, Vec<u64>), Fail> {
+) -> Result<(Done, Scratch), Fail> {
     let mut c = Conn::open(ep.addr, buf).await?;
-    let mut gaps = Vec::new();
-    let (_, st) = exchange(&mut c, ep.request(true, false), false, true, &mut gaps).await?;
+    let mut scratch = Scratch::default();
+    let (_, st) = exchange(&mut c, ep.request(true, false), false, true, &mut scratch).await?;
     let st = st.ok_or(Fail::Protocol)?;
     state.borrow_mut().opened += 1;
-    let out = read_body(&mut c, st, false, &mut gaps, || {
+    let out = read_body(&mut c, st, false, &mut scratch, || {
         state.borrow_mut().first_event += 1;
     })
     .await?;
     match out {
-        Outcome::Done(d) => Ok((d, gaps)),
+        Outcome::Done(d) => Ok((d, scratch)),
         _ => Err(Fail::Protocol),
     }
 }
@@ -1443,7 +1520,7 @@ fn self_test() -> Result<ExitCode, String> {
     // Chunk boundaries fall inside events, inside "\n\n" and inside "[DONE]"; one chunk
     // carries an extension.
     let pieces: [&[u8]; 5] = [
-        b"data: {\"a\":1}\n\ndata: {\"b\"",
+        b"data: {\"t\":1000000,\"a\":1}\n\ndata: {\"b\"",
         b":2}\n",
         b"\ndata: [DO",
         b"NE]\n\n",
@@ -1465,22 +1542,30 @@ fn self_test() -> Result<ExitCode, String> {
             value: 0,
             digits: 0,
         };
-        let mut gaps = Vec::new();
-        let mut sse = SseClock::new(&mut gaps);
+        let mut scratch = Scratch::default();
+        let mut sse = SseClock::new(&mut scratch);
         let now = Instant::now();
         let (a, _) = ch
-            .feed(&body[..split], |d| sse.feed(d, now))
+            .feed(&body[..split], |d| sse.feed(d, now, 1_000_500))
             .map_err(|f| format!("split {split}: {f:?}"))?;
         let (b, done) = ch
-            .feed(&body[split..], |d| sse.feed(d, now))
+            .feed(&body[split..], |d| sse.feed(d, now, 1_000_900))
             .map_err(|f| format!("split {split}: {f:?}"))?;
-        if a + b != body.len() || !done || sse.events != 3 || !sse.done || sse.gaps.len() != 2 {
+        let (events, done_seen) = (sse.events, sse.done);
+        let stamped_ok = scratch.delays.len() == 1 && scratch.delays[0] >= 500;
+        if a + b != body.len()
+            || !done
+            || events != 3
+            || !done_seen
+            || scratch.gaps.len() != 2
+            || !stamped_ok
+        {
             return Err(format!(
                 "self-test failed at split {split}: consumed {} of {}, done={done}, events={}, [DONE]={}",
                 a + b,
                 body.len(),
-                sse.events,
-                sse.done
+                events,
+                done_seen
             ));
         }
     }
