@@ -25,7 +25,7 @@ usage: bash benches/load.sh [options]
                         the gateway's fd limit allows, and the memory projected to N)
   --streams-force       run all N streams even past the fd limit (shows the EMFILE behaviour)
   --stream-seconds S    length of each of those streams, ~S tokens at 1 s apart (default 40)
-  --soak D              run the soak part for D (alone, unless --parts is also given)
+  --soak D              add the soak part, D long (given alone: only the soak runs)
   --soak-connections N  connections during the soak (default 32)
   --gateway-extra FILE  TOML appended to the generated gateway config (starts with a [table])
   --quick               short everything: 3s runs, 1 run, 1000 streams of 10 s
@@ -84,8 +84,11 @@ if [[ $QUICK == 1 ]]; then
   STREAM_SECONDS=10
 fi
 PACED_CONNECTIONS=${PACED_CONNECTIONS:-16}
+# --soak D adds the soak part (alone, it is the only part).
 if [[ -z $PARTS ]]; then
   if [[ -n $SOAK ]]; then PARTS=soak; else PARTS=compare,ceiling,streams; fi
+elif [[ -n $SOAK && ,$PARTS, != *,soak,* ]]; then
+  PARTS+=,soak
 fi
 if [[ ,$PARTS, == *,soak,* && -z $SOAK ]]; then SOAK=60s; fi
 has_part() { [[ ,$PARTS, == *,$1,* ]]; }
