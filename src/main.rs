@@ -4,6 +4,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+/// mimalloc returns memory to the system as streams close; glibc's malloc
+/// keeps ratcheting resident memory up under waves of thousands of streams.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use vllm_gateway::cli;
 use vllm_gateway::telemetry::LogFormat;
 
@@ -47,10 +52,12 @@ fn main() -> ExitCode {
         _ => LogFormat::Text,
     };
     vllm_gateway::telemetry::init(args.log_format.unwrap_or(default_format));
-    match args.command {
+    let code = match args.command {
         Command::Serve { config } => cli::serve(&config),
         Command::CheckConfig { path } => cli::check_config(&path),
         Command::Simulate(args) => cli::simulate(args),
         Command::Demo(args) => vllm_gateway::demo::run(&args),
-    }
+    };
+    vllm_gateway::telemetry::flush();
+    code
 }
