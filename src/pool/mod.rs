@@ -260,10 +260,11 @@ impl WorkerPool {
             .iter()
             .map(|i| u64::from(self.members[*i].worker.effective_load()))
             .sum();
-        let bound = ((self.policy.affinity_max_imbalance * (total + 1) as f64)
-            / eligible.len() as f64)
-            .ceil()
-            .max(1.0) as u64;
+        let bound = affinity_bound(
+            self.policy.affinity_max_imbalance,
+            total + 1,
+            eligible.len() as u64,
+        );
         let mut first = true;
         for i in self.ring.walk(key, self.members.len()) {
             if !eligible.contains(&i) {
@@ -286,6 +287,19 @@ impl WorkerPool {
         self.least_loaded_candidate(exclude)
             .map(|(i, load)| (i, load, PickReason::AffinitySpill))
     }
+}
+
+/// The most load a worker may carry after taking a request, when the pool
+/// carries `total` (this request included) over `workers`: `max_imbalance`
+/// times the average, rounded down, so no worker ends above the configured
+/// multiple of the mean (rounding up let 12 requests on 4 workers land
+/// 4/4/4/0: 1.33x). It never drops below the average rounded up, so some
+/// worker always has room (`workers × bound ≥ total`).
+fn affinity_bound(max_imbalance: f64, total: u64, workers: u64) -> u64 {
+    let workers = workers.max(1);
+    // The epsilon keeps 1.2 × 5 / 2 = 2.9999999999999996 from flooring to 2.
+    let scaled = (max_imbalance * total as f64 / workers as f64 + 1e-9).floor() as u64;
+    scaled.max(total.div_ceil(workers)).max(1)
 }
 
 /// A reserved in-flight slot on a worker; released on drop.
@@ -454,6 +468,24 @@ mod tests {
         let loads: Vec<u32> = p.members.iter().map(|m| m.worker.in_flight()).collect();
         let max = *loads.iter().max().unwrap() as f64;
         let mean = 40.0 / 4.0;
-        assert!(max / mean <= 1.3, "{loads:?}");
+        assert!(max / mean <= 1.25, "{loads:?}");
+    }
+
+    #[test]
+    fn affinity_bound_stays_within_the_imbalance_and_leaves_room() {
+        // 12 requests on 4 workers: 3 each at most (1.25 x 3 = 3.75).
+        assert_eq!(affinity_bound(1.25, 12, 4), 3);
+        assert_eq!(affinity_bound(1.25, 33, 4), 10);
+        assert_eq!(affinity_bound(1.2, 5, 2), 3);
+        for workers in 1..=8u64 {
+            for total in 1..=200u64 {
+                for c in [1.0, 1.1, 1.25, 1.5, 2.0] {
+                    let b = affinity_bound(c, total, workers);
+                    assert!(b * workers >= total, "no room: {c} {total} {workers}");
+                    let mean = total as f64 / workers as f64;
+                    assert!(b as f64 <= (c * mean).max(mean.ceil()) + 1e-6);
+                }
+            }
+        }
     }
 }
