@@ -181,11 +181,11 @@ impl WorkerPool {
             {
                 continue;
             }
-            if !w.claim() {
+            let Some(probe) = w.claim() else {
                 // Lost the half-open probe slot to another request.
                 w.in_flight.fetch_sub(1, Ordering::AcqRel);
                 continue;
-            }
+            };
             let reason = if exclude.is_empty() {
                 reason
             } else {
@@ -195,6 +195,7 @@ impl WorkerPool {
                 Reservation {
                     index: i,
                     worker: Arc::clone(w),
+                    probe,
                 },
                 reason,
             ));
@@ -302,15 +303,21 @@ fn affinity_bound(max_imbalance: f64, total: u64, workers: u64) -> u64 {
     scaled.max(total.div_ceil(workers)).max(1)
 }
 
-/// A reserved in-flight slot on a worker; released on drop.
+/// A reserved in-flight slot on a worker; released on drop, on every path.
+/// When the request is the breaker's half-open probe, dropping it also frees
+/// the probe slot if the request settled nothing (its client left), so an
+/// abandoned probe cannot keep the worker out for good.
 #[derive(Debug)]
 pub struct Reservation {
     pub index: usize,
     pub worker: Arc<Worker>,
+    /// The half-open probe ticket, 0 when this request is not the probe.
+    probe: u64,
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
+        self.worker.release_probe(self.probe);
         self.worker.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }

@@ -61,8 +61,10 @@ pub struct Worker {
     ejections: AtomicU32,
     /// While > now: ejected. 0 = closed.
     ejected_until_ns: AtomicU64,
-    /// A half-open probe request is in flight.
-    probing: AtomicBool,
+    /// The ticket of the half-open probe request in flight; 0 = none.
+    probe: AtomicU64,
+    /// Source of probe tickets.
+    probe_tickets: AtomicU64,
 
     // Load the worker reports on its /metrics.
     remote_running: AtomicU32,
@@ -95,7 +97,8 @@ impl Worker {
             request_failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
             ejected_until_ns: AtomicU64::new(0),
-            probing: AtomicBool::new(false),
+            probe: AtomicU64::new(0),
+            probe_tickets: AtomicU64::new(0),
             remote_running: AtomicU32::new(0),
             remote_waiting: AtomicU32::new(0),
             kv_milli: AtomicU32::new(0),
@@ -140,20 +143,37 @@ impl Worker {
     pub fn is_available(&self) -> bool {
         match self.state() {
             WorkerState::Healthy => true,
-            WorkerState::HalfOpen => !self.probing.load(Ordering::Acquire),
+            WorkerState::HalfOpen => self.probe.load(Ordering::Acquire) == 0,
             WorkerState::Unhealthy | WorkerState::Ejected => false,
         }
     }
 
     /// Called on the worker picked for a request: in the half-open state it
-    /// claims the single probe slot. False if another request took it first.
-    pub fn claim(&self) -> bool {
+    /// claims the single probe slot. `None` if another request took it first;
+    /// otherwise the probe ticket (`Some(0)`: not a probe), which the request
+    /// hands back through [`Worker::release_probe`] when it ends.
+    pub fn claim(&self) -> Option<u64> {
         if self.state() != WorkerState::HalfOpen {
-            return true;
+            return Some(0);
         }
-        self.probing
-            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
+        let ticket = self.probe_tickets.fetch_add(1, Ordering::Relaxed) + 1;
+        self.probe
+            .compare_exchange(0, ticket, Ordering::AcqRel, Ordering::Acquire)
+            .ok()
+            .map(|_| ticket)
+    }
+
+    /// The request holding probe `ticket` ended. If it settled nothing (its
+    /// client left, or it ended on a path that judges neither the worker nor
+    /// the request), free the slot so the next request probes; otherwise the
+    /// success or failure already did. A stale ticket changes nothing, so a
+    /// late release cannot free a newer probe's slot.
+    pub fn release_probe(&self, ticket: u64) {
+        if ticket != 0 {
+            let _ = self
+                .probe
+                .compare_exchange(ticket, 0, Ordering::AcqRel, Ordering::Relaxed);
+        }
     }
 
     pub fn is_healthy(&self) -> bool {
@@ -190,13 +210,13 @@ impl Worker {
             self.ejections.store(0, Ordering::Relaxed);
             tracing::info!(worker = %self.url, "worker recovered; circuit closed");
         }
-        self.probing.store(false, Ordering::Release);
+        self.probe.store(0, Ordering::Release);
     }
 
     /// A request to this worker failed (connect, reset, timeout, 5xx).
     /// Returns true if this failure ejected the worker.
     pub fn record_failure(&self, policy: &BreakerPolicy) -> bool {
-        let was_probe = self.probing.swap(false, Ordering::AcqRel);
+        let was_probe = self.probe.swap(0, Ordering::AcqRel) != 0;
         let n = self.request_failures.fetch_add(1, Ordering::Relaxed) + 1;
         if !was_probe && n < policy.failures_to_eject {
             return false;
@@ -328,17 +348,39 @@ mod tests {
         std::thread::sleep(Duration::from_millis(50));
         assert_eq!(w.state(), WorkerState::HalfOpen);
         assert!(w.is_available());
-        assert!(w.claim());
+        let ticket = w.claim().unwrap();
+        assert_ne!(ticket, 0, "a probe");
         assert!(!w.is_available(), "only one probe at a time");
-        assert!(!w.claim());
+        assert_eq!(w.claim(), None);
         // The probe fails: ejected again, for twice as long.
         assert!(w.record_failure(&POLICY));
         std::thread::sleep(Duration::from_millis(50));
         assert_eq!(w.state(), WorkerState::Ejected, "second ejection is longer");
         std::thread::sleep(Duration::from_millis(50));
-        assert!(w.claim());
+        assert!(w.claim().is_some_and(|t| t != 0));
         w.record_success();
+        assert_eq!(w.claim(), Some(0), "closed: not a probe");
         assert_eq!(w.state(), WorkerState::Healthy);
+    }
+
+    #[test]
+    fn an_unsettled_probe_frees_its_slot_and_a_stale_ticket_does_not() {
+        let w = worker();
+        for _ in 0..3 {
+            w.record_failure(&POLICY);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        let first = w.claim().unwrap();
+        assert!(!w.is_available());
+        // Its client left: nothing was learned; the next request may probe.
+        w.release_probe(first);
+        assert!(w.is_available());
+        let second = w.claim().unwrap();
+        w.release_probe(first);
+        assert!(!w.is_available(), "an old ticket cannot free a new probe");
+        w.release_probe(second);
+        assert_eq!(w.state(), WorkerState::HalfOpen);
+        assert!(w.is_available());
     }
 
     #[test]
