@@ -95,6 +95,17 @@ pub struct ExchangeReport {
     pub is_sse: bool,
 }
 
+/// A worker's answer, ready to be relayed: nothing of it went to the client
+/// yet.
+struct Answer {
+    up: UpstreamSession,
+    /// A stream's first body bytes, read before the client sees anything so
+    /// that the first-token timeout covers them (see [`attempt`]).
+    first: Option<Bytes>,
+    /// The body already ended (a stream answer with an empty body).
+    ended: bool,
+}
+
 /// Errors of a single attempt, sorted by whether another worker may be tried.
 enum AttemptError {
     /// Nothing reached a worker's model (connect failed, stale pooled
@@ -146,9 +157,9 @@ pub async fn exchange(
     let t = pool.timeouts;
     let deadline = TokioInstant::from_std(started + t.request);
     let mut tried: Vec<usize> = Vec::new();
-    let (mut upstream, reservation) = loop {
+    let (answer, reservation) = loop {
         let Some((reservation, reason)) = pool.pick(&tried, req.prefix_key) else {
-            return Err(if tried.is_empty() {
+            return Err(if report.attempts == 0 {
                 GatewayError::NoHealthyWorker {
                     model: pool.model.to_string(),
                 }
@@ -158,11 +169,29 @@ pub async fn exchange(
                 }
             });
         };
+        // A retry is counted once it has a worker to go to, not when the
+        // previous attempt failed: with nowhere left to go there is none.
+        if report.attempts > 0 {
+            report.retries += 1;
+        }
         report.attempts += 1;
         report.picks.push(reason);
         report.worker = Some(Arc::clone(&reservation.worker.url));
-        match attempt(session, connector, pool, req, &reservation, deadline).await {
-            Ok(up) => break (up, reservation),
+        let mut outcome = attempt(session, connector, pool, req, &reservation, deadline).await;
+        if let Err(AttemptError::Retryable("stale_connection")) = outcome {
+            // A pooled connection the worker had already closed says nothing
+            // about the worker: try it once more on its next connection,
+            // outside the retry budget. Failing again, it is the worker's
+            // failure like any other (a worker that resets every request
+            // must not pass as stale and use up the retries on itself).
+            report.upstream_errors.push("stale_connection");
+            outcome = attempt(session, connector, pool, req, &reservation, deadline).await;
+            if let Err(AttemptError::Retryable("stale_connection")) = outcome {
+                outcome = Err(AttemptError::Retryable("reset"));
+            }
+        }
+        match outcome {
+            Ok(answer) => break (answer, reservation),
             Err(AttemptError::ClientGone) => {
                 report.client_gone = true;
                 return Ok(());
@@ -175,26 +204,24 @@ pub async fn exchange(
                 return Err(e);
             }
             Err(AttemptError::Retryable(kind)) => {
+                // Passive health: the failure counts against the worker, and
+                // the request moves on to another one.
                 report.upstream_errors.push(kind);
-                // A stale pooled connection says nothing about the worker;
-                // anything else counts against it (passive health).
-                if kind != "stale_connection" {
-                    reservation.worker.record_failure(&pool.policy.breaker);
-                }
-                // A stale connection is retried on the same worker first
-                // (its next connection is likely fine); other failures move on.
-                if kind != "stale_connection" || report.retries > 0 {
-                    tried.push(reservation.index);
-                }
+                reservation.worker.record_failure(&pool.policy.breaker);
+                tried.push(reservation.index);
                 if report.retries >= pool.policy.max_retries {
                     return Err(GatewayError::UpstreamUnavailable {
                         model: pool.model.to_string(),
                     });
                 }
-                report.retries += 1;
             }
         }
     };
+    let Answer {
+        up: mut upstream,
+        first,
+        ended,
+    } = answer;
 
     // The answer head. From here on nothing is retried: bytes reach the client.
     let Some(head) = upstream.resp_header() else {
@@ -223,53 +250,57 @@ pub async fn exchange(
     report.first_byte = Some(Instant::now());
     if status >= 500 {
         // The worker's own error goes to the client, and counts against it.
+        report.upstream_errors.push("status_5xx");
         reservation.worker.record_failure(&pool.policy.breaker);
+    }
+    if let Some(chunk) = first {
+        if relay(session, tap, report, chunk).await.is_err() {
+            return Ok(());
+        }
     }
 
     let idle = t.idle;
     let mut idle_sleep = pin!(tokio::time::sleep(idle));
     let mut total_sleep = pin!(sleep_until(deadline));
-    loop {
-        tokio::select! {
-            biased;
-            read = upstream.read_body_bytes() => match read {
-                Ok(Some(chunk)) => {
-                    idle_sleep.as_mut().reset(TokioInstant::now() + idle);
-                    let out = tap.on_chunk(chunk);
-                    if report.first_token.is_none() && tap.first_token_seen() {
-                        report.first_token = Some(Instant::now());
+    // A stream that ended with its first read has nothing left to read.
+    if !ended {
+        loop {
+            tokio::select! {
+                biased;
+                read = upstream.read_body_bytes() => match read {
+                    Ok(Some(chunk)) => {
+                        idle_sleep.as_mut().reset(TokioInstant::now() + idle);
+                        if relay(session, tap, report, chunk).await.is_err() {
+                            return Ok(());
+                        }
                     }
-                    if !out.is_empty() && session.write_response_body(Some(out), false).await.is_err() {
-                        report.client_gone = true;
+                    Ok(None) => break,
+                    Err(e) => {
+                        let kind = if e.etype() == &pingora_error::ErrorType::ReadTimedout { "timeout" } else { "reset" };
+                        reservation.worker.record_failure(&pool.policy.breaker);
+                        fail_mid_answer(session, tap, report, is_sse, kind,
+                            "The worker stopped sending the answer before it was complete.").await;
                         return Ok(());
                     }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    let kind = if e.etype() == &pingora_error::ErrorType::ReadTimedout { "timeout" } else { "reset" };
-                    reservation.worker.record_failure(&pool.policy.breaker);
-                    fail_mid_answer(session, tap, report, is_sse, kind,
-                        "The worker stopped sending the answer before it was complete.").await;
+                },
+                gone = session.as_downstream_mut().read_body_or_idle(true) => {
+                    // `Ok` would mean more request bytes (not expected); treat
+                    // anything here as the client going away.
+                    let _ = gone;
+                    report.client_gone = true;
                     return Ok(());
                 }
-            },
-            gone = session.as_downstream_mut().read_body_or_idle(true) => {
-                // `Ok` would mean more request bytes (not expected); treat
-                // anything here as the client going away.
-                let _ = gone;
-                report.client_gone = true;
-                return Ok(());
-            }
-            () = &mut idle_sleep => {
-                reservation.worker.record_failure(&pool.policy.breaker);
-                fail_mid_answer(session, tap, report, is_sse, "timeout",
-                    "The worker went silent in the middle of the answer.").await;
-                return Ok(());
-            }
-            () = &mut total_sleep => {
-                fail_mid_answer(session, tap, report, is_sse, "timeout",
-                    "The answer took longer than the gateway's request timeout.").await;
-                return Ok(());
+                () = &mut idle_sleep => {
+                    reservation.worker.record_failure(&pool.policy.breaker);
+                    fail_mid_answer(session, tap, report, is_sse, "timeout",
+                        "The worker went silent in the middle of the answer.").await;
+                    return Ok(());
+                }
+                () = &mut total_sleep => {
+                    fail_mid_answer(session, tap, report, is_sse, "timeout",
+                        "The answer took longer than the gateway's request timeout.").await;
+                    return Ok(());
+                }
             }
         }
     }
@@ -296,6 +327,25 @@ pub async fn exchange(
     Ok(())
 }
 
+/// Pass one upstream body chunk through the tap to the client. Err: the
+/// client is gone (recorded in the report).
+async fn relay(
+    session: &mut Session,
+    tap: &mut dyn ResponseTap,
+    report: &mut ExchangeReport,
+    chunk: Bytes,
+) -> Result<(), ()> {
+    let out = tap.on_chunk(chunk);
+    if report.first_token.is_none() && tap.first_token_seen() {
+        report.first_token = Some(Instant::now());
+    }
+    if !out.is_empty() && session.write_response_body(Some(out), false).await.is_err() {
+        report.client_gone = true;
+        return Err(());
+    }
+    Ok(())
+}
+
 /// One try on one worker: connect, send, wait for the head.
 async fn attempt(
     session: &mut Session,
@@ -304,7 +354,7 @@ async fn attempt(
     req: &UpstreamRequest,
     reservation: &Reservation,
     deadline: TokioInstant,
-) -> Result<UpstreamSession, AttemptError> {
+) -> Result<Answer, AttemptError> {
     let t = pool.timeouts;
     let member = &pool.members[reservation.index];
     let model = || pool.model.to_string();
@@ -353,13 +403,24 @@ async fn attempt(
     } else {
         deadline
     };
+    let timed_out = || {
+        AttemptError::Fatal(
+            GatewayError::UpstreamTimeout {
+                model: model(),
+                phase: if req.stream && head_deadline < deadline {
+                    "first token"
+                } else {
+                    "request timeout"
+                },
+            },
+            Some("timeout"),
+        )
+    };
     let head = tokio::select! {
         biased;
         r = up.read_response() => r,
         _ = session.as_downstream_mut().read_body_or_idle(true) => return Err(AttemptError::ClientGone),
-        () = sleep_until(head_deadline) => return Err(AttemptError::Fatal(
-            GatewayError::UpstreamTimeout { model: model(), phase: if req.stream { "first token" } else { "request timeout" } },
-            Some("timeout"))),
+        () = sleep_until(head_deadline) => return Err(timed_out()),
     };
     if head.is_err() {
         // Reset before the response head: nothing was answered, so another
@@ -376,7 +437,11 @@ async fn attempt(
         // retries elsewhere (vllm.md §8).
         return Err(AttemptError::Retryable("status_503"));
     }
-    Ok(up)
+    Ok(Answer {
+        up,
+        first: None,
+        ended: false,
+    })
 }
 
 fn upstream_request_head(

@@ -219,9 +219,10 @@ async fn prefix_affinity_keeps_each_prompt_on_one_worker() {
     );
     // The point of it: repeats are served from the worker's prefix cache.
     assert!(cached.values().all(|&c| c >= 256), "{cached:?}");
-    assert_eq!(metric(&gw, &decisions("affinity_hit")).await, 24.0);
-    assert_eq!(metric(&gw, &decisions("affinity_spill")).await, 0.0);
-    assert_eq!(metric(&gw, &decisions("least_loaded")).await, 0.0);
+    wait_logged(&gw, 24.0).await;
+    assert_metric(&gw, &decisions("affinity_hit"), 24.0).await;
+    assert_metric(&gw, &decisions("affinity_spill"), 0.0).await;
+    assert_metric(&gw, &decisions("least_loaded"), 0.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

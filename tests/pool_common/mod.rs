@@ -184,3 +184,49 @@ pub fn system_prompt(t: usize, bytes: usize) -> String {
     }
     s
 }
+
+/// Assert that a series reaches `expected`. Counters are updated in the
+/// logging phase, just after the answer's last byte, so a client can read
+/// `/metrics` a moment before its own request is counted: poll briefly.
+pub async fn assert_metric(gw: &GatewayHandle, series: &str, expected: f64) {
+    let reached = wait_until(Duration::from_secs(5), || async {
+        metric(gw, series).await == expected
+    })
+    .await;
+    if reached.is_err() {
+        panic!(
+            "{series} is {}, expected {expected}",
+            metric(gw, series).await
+        );
+    }
+}
+
+/// Requests of `MODEL` the gateway has finished logging (all endpoints and
+/// statuses).
+pub async fn logged_requests(gw: &GatewayHandle) -> f64 {
+    metrics_text(gw)
+        .await
+        .lines()
+        .filter(|l| {
+            l.starts_with("vllm_gateway_requests_total{")
+                && l.contains(&format!("model=\"{MODEL}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Wait until `n` requests are logged, so that counters that must stay at
+/// 0 can be read without racing the logging phase (it updates every counter
+/// of a request in one stretch without awaiting).
+pub async fn wait_logged(gw: &GatewayHandle, n: f64) {
+    let done = wait_until(Duration::from_secs(5), || async {
+        logged_requests(gw).await >= n
+    })
+    .await;
+    if done.is_err() {
+        panic!(
+            "only {} requests logged, expected {n}",
+            logged_requests(gw).await
+        );
+    }
+}
