@@ -346,7 +346,16 @@ async fn relay(
     Ok(())
 }
 
-/// One try on one worker: connect, send, wait for the head.
+/// One try on one worker: connect, send, wait for the head and, for a
+/// stream, its first event.
+///
+/// vLLM sends a stream's head as soon as it accepts the request, before the
+/// request even leaves its queue (a Starlette `StreamingResponse`,
+/// vllm.md §5); the first event comes with the first token. So the
+/// first-token timeout must cover the first body bytes, not only the head,
+/// and those bytes are read here, before anything goes to the client: a
+/// worker that stays silent past the timeout is still a clean 504, and one
+/// that breaks before its first event can still be retried elsewhere.
 async fn attempt(
     session: &mut Session,
     connector: &Connector,
@@ -437,11 +446,34 @@ async fn attempt(
         // retries elsewhere (vllm.md §8).
         return Err(AttemptError::Retryable("status_503"));
     }
-    Ok(Answer {
-        up,
-        first: None,
-        ended: false,
-    })
+    if !req.stream {
+        return Ok(Answer {
+            up,
+            first: None,
+            ended: false,
+        });
+    }
+    let first = tokio::select! {
+        biased;
+        r = up.read_body_bytes() => r,
+        _ = session.as_downstream_mut().read_body_or_idle(true) => return Err(AttemptError::ClientGone),
+        () = sleep_until(head_deadline) => return Err(timed_out()),
+    };
+    match first {
+        Ok(Some(chunk)) => Ok(Answer {
+            up,
+            first: Some(chunk),
+            ended: false,
+        }),
+        Ok(None) => Ok(Answer {
+            up,
+            first: None,
+            ended: true,
+        }),
+        // The worker broke off before its first event: nothing reached the
+        // client, so another worker may take the request.
+        Err(_) => Err(AttemptError::Retryable("reset")),
+    }
 }
 
 fn upstream_request_head(
