@@ -237,7 +237,8 @@ pub async fn exchange(
         .is_some_and(|ct| ct.trim_start().starts_with("text/event-stream"));
     report.is_sse = is_sse;
     tap.on_head(status, is_sse);
-    let client_head = client_response_head(head, &req.request_id, is_sse)?;
+    let http11 = session.req_header().version == http::Version::HTTP_11;
+    let client_head = client_response_head(head, &req.request_id, is_sse, http11)?;
     if session
         .write_response_header(Box::new(client_head), false)
         .await
@@ -499,10 +500,17 @@ fn upstream_request_head(
     Some(h)
 }
 
+/// The head the client gets. An answer of unknown length (a stream) is sent
+/// chunked to an HTTP/1.1 client: without `Transfer-Encoding` Pingora frames
+/// it by closing the connection while the head still says keep-alive, so the
+/// connection could never be reused and a stream cut short by a failure
+/// looked exactly like a complete one. Chunked, a clean end is the
+/// terminating chunk.
 fn client_response_head(
     upstream: &ResponseHeader,
     request_id: &str,
     is_sse: bool,
+    http11: bool,
 ) -> Result<ResponseHeader, GatewayError> {
     let mut h = ResponseHeader::build_no_case(upstream.status, Some(upstream.headers.len() + 4))
         .map_err(|_| GatewayError::Internal)?;
@@ -516,6 +524,10 @@ fn client_response_head(
     }
     h.insert_header("x-request-id", request_id)
         .map_err(|_| GatewayError::Internal)?;
+    if http11 && h.headers.get("content-length").is_none() {
+        h.insert_header("transfer-encoding", "chunked")
+            .map_err(|_| GatewayError::Internal)?;
+    }
     if is_sse {
         // Tell any proxy in front of us (nginx honours this) not to buffer
         // the stream either; each event must reach the client as it is made.
