@@ -285,3 +285,52 @@ async fn prefix_affinity_spills_past_the_load_bound_and_returns_home() {
     assert_eq!(status, 200);
     assert_eq!(requests_of(&refs)[home], before + 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_own_requests_never_pass_for_other_replicas_load() {
+    // No other client: whatever the scrapes see is ours, however the
+    // requests and the scrapes interleave.
+    let (a, b) = (sim(), sim());
+    let gw = gateway_with(&[&a, &b], "load_poll_interval = \"2ms\"").await;
+    let ws = workers(&gw);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (ws, stop) = (ws.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut worst = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                worst = ws
+                    .iter()
+                    .map(|w| w.foreign_load())
+                    .max()
+                    .unwrap()
+                    .max(worst);
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+            worst
+        })
+    };
+    let url = format!("{}/v1/chat/completions", gw.url());
+    for _ in 0..10 {
+        // Bursts of short requests, so many end while a scrape is out.
+        let burst: Vec<_> = (0..8)
+            .map(|_| {
+                let url = url.clone();
+                tokio::spawn(async move {
+                    client()
+                        .post(url)
+                        .json(&chat_body(json!({"max_tokens": 2})))
+                        .send()
+                        .await
+                        .unwrap()
+                        .status()
+                })
+            })
+            .collect();
+        for r in burst {
+            assert_eq!(r.await.unwrap(), 200);
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(watcher.await.unwrap(), 0, "phantom foreign load");
+}

@@ -27,7 +27,7 @@ use pingora_core::upstreams::peer::HttpPeer;
 
 use crate::config::{ModelConfig, PoolPolicy, Routing, UpstreamTimeouts, WorkerSpec};
 use ring::Ring;
-pub use worker::{Worker, WorkerState};
+pub use worker::{LoadMark, Worker, WorkerState};
 
 /// Hands out one shared [`Worker`] per URL, so every pool and every config
 /// generation that names a URL sees the same counters.
@@ -318,7 +318,7 @@ pub struct Reservation {
 impl Drop for Reservation {
     fn drop(&mut self) {
         self.worker.release_probe(self.probe);
-        self.worker.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.worker.end_request();
     }
 }
 
@@ -434,7 +434,9 @@ mod tests {
     fn foreign_load_steers_away() {
         let (p, _r) = pool(2, "");
         // Another gateway replica keeps worker 0 busy.
-        p.members[0].worker.record_load(10, 0, 0.2);
+        p.members[0]
+            .worker
+            .record_load(p.members[0].worker.load_mark(), 10, 0, 0.2);
         for _ in 0..10 {
             let (r, _) = p.pick(&[], None).unwrap();
             assert_eq!(r.index, 1);
@@ -444,11 +446,15 @@ mod tests {
     #[test]
     fn deep_queues_are_skipped_while_others_have_room() {
         let (p, _r) = pool(2, "max_waiting = 5");
-        p.members[0].worker.record_load(0, 8, 0.0);
+        p.members[0]
+            .worker
+            .record_load(p.members[0].worker.load_mark(), 0, 8, 0.0);
         let held: Vec<_> = (0..10).map(|_| p.pick(&[], None).unwrap()).collect();
         assert!(held.iter().all(|(r, _)| r.index == 1));
         drop(held);
-        p.members[1].worker.record_load(0, 9, 0.0);
+        p.members[1]
+            .worker
+            .record_load(p.members[1].worker.load_mark(), 0, 9, 0.0);
         // Both queues are deep: fall back to all available workers.
         assert!(p.pick(&[], None).is_some());
     }

@@ -40,6 +40,12 @@ impl WorkerState {
     }
 }
 
+/// Where the count of ended requests stood when a load scrape began.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadMark {
+    released: u64,
+}
+
 /// One vLLM server.
 #[derive(Debug)]
 pub struct Worker {
@@ -48,6 +54,9 @@ pub struct Worker {
     /// Monotonic reference for the nanosecond timestamps below.
     epoch: Instant,
     pub(super) in_flight: AtomicU32,
+    /// Requests through this gateway that have ended, ever: with the live
+    /// count it bounds what the gateway had in flight at any past moment.
+    released: AtomicU64,
 
     // Active checks.
     check_healthy: AtomicBool,
@@ -71,8 +80,8 @@ pub struct Worker {
     remote_waiting: AtomicU32,
     /// KV-cache usage in thousandths (vllm:kv_cache_usage_perc × 1000).
     kv_milli: AtomicU32,
-    /// Our own in-flight count when the scrape was taken, to separate our
-    /// requests from other replicas' in the worker's totals.
+    /// At most what this gateway had in flight when the worker counted its
+    /// load, to separate our requests from other replicas' in its totals.
     in_flight_at_scrape: AtomicU32,
 
     /// `max_model_len` per served model, from its `/v1/models`.
@@ -86,6 +95,7 @@ impl Worker {
             addr: spec.addr,
             epoch: Instant::now(),
             in_flight: AtomicU32::new(0),
+            released: AtomicU64::new(0),
             // Optimistic until the first check says otherwise: a gateway
             // restarted under load must not refuse traffic for a whole check
             // interval. Workers that join later (discovery) are created
@@ -122,6 +132,20 @@ impl Worker {
 
     pub fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// A request through this gateway ended (its reservation dropped).
+    pub(super) fn end_request(&self) {
+        self.released.fetch_add(1, Ordering::AcqRel);
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Taken just before asking the worker for its load; see
+    /// [`Worker::record_load`].
+    pub fn load_mark(&self) -> LoadMark {
+        LoadMark {
+            released: self.released.load(Ordering::Acquire),
+        }
     }
 
     pub fn state(&self) -> WorkerState {
@@ -240,14 +264,29 @@ impl Worker {
         true
     }
 
-    /// Store load figures scraped from the worker's /metrics.
-    pub fn record_load(&self, running: u32, waiting: u32, kv_usage: f64) {
+    /// Store load figures scraped from the worker's /metrics; `mark` was
+    /// taken before the scrape was sent.
+    ///
+    /// The worker counted our requests at some moment during the scrape, so
+    /// reading our in-flight count when the answer is back is not enough:
+    /// requests that ended in between were in the worker's count but not in
+    /// ours, and would pass for another replica's load until the next poll
+    /// (after a burst, up to the whole burst, steering traffic away from a
+    /// worker that is in fact idle). Our count now plus the requests that
+    /// ended since the mark bounds what we had there at that moment, so the
+    /// foreign load derived from it is never our own.
+    pub fn record_load(&self, mark: LoadMark, running: u32, waiting: u32, kv_usage: f64) {
+        let ended = self
+            .released
+            .load(Ordering::Acquire)
+            .saturating_sub(mark.released);
+        let ours = u64::from(self.in_flight()).saturating_add(ended);
         self.remote_running.store(running, Ordering::Relaxed);
         self.remote_waiting.store(waiting, Ordering::Relaxed);
         let kv = (kv_usage.clamp(0.0, 1.0) * 1000.0).round() as u32;
         self.kv_milli.store(kv, Ordering::Relaxed);
         self.in_flight_at_scrape
-            .store(self.in_flight(), Ordering::Relaxed);
+            .store(u32::try_from(ours).unwrap_or(u32::MAX), Ordering::Relaxed);
     }
 
     pub fn remote_waiting(&self) -> u32 {
@@ -384,10 +423,29 @@ mod tests {
     }
 
     #[test]
+    fn requests_that_end_during_a_scrape_are_not_taken_for_foreign_load() {
+        let w = worker();
+        w.in_flight.store(5, Ordering::Relaxed);
+        let mark = w.load_mark();
+        // The worker counts our 5 requests; they all end before its answer
+        // is back.
+        for _ in 0..5 {
+            w.end_request();
+        }
+        w.record_load(mark, 5, 0, 0.1);
+        assert_eq!(w.foreign_load(), 0);
+        // Another replica's 2 requests still count.
+        w.in_flight.store(1, Ordering::Relaxed);
+        let mark = w.load_mark();
+        w.record_load(mark, 3, 0, 0.1);
+        assert_eq!(w.foreign_load(), 2);
+    }
+
+    #[test]
     fn foreign_load_excludes_our_own_requests() {
         let w = worker();
         w.in_flight.store(3, Ordering::Relaxed);
-        w.record_load(5, 2, 0.5);
+        w.record_load(w.load_mark(), 5, 2, 0.5);
         assert_eq!(w.foreign_load(), 4);
         assert_eq!(w.effective_load(), 7);
         assert_eq!(w.kv_milli(), 500);
