@@ -15,6 +15,7 @@
 pub mod discovery;
 pub mod health;
 pub mod ring;
+mod spill;
 pub mod worker;
 
 use std::collections::HashMap;
@@ -27,6 +28,7 @@ use pingora_core::upstreams::peer::HttpPeer;
 
 use crate::config::{ModelConfig, PoolPolicy, Routing, UpstreamTimeouts, WorkerSpec};
 use ring::Ring;
+use spill::SpillMemory;
 pub use worker::{LoadMark, Worker, WorkerState};
 
 /// Hands out one shared [`Worker`] per URL, so every pool and every config
@@ -77,9 +79,11 @@ pub struct Member {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PickReason {
     LeastLoaded,
-    /// The prefix's own worker on the ring took it.
+    /// The prefix's worker took it: its worker on the ring, or the one it
+    /// spilled to earlier while its home stays busy (see `spill.rs`).
     AffinityHit,
-    /// The prefix's worker was over the load bound; the next on the ring took it.
+    /// The prefix's worker was over the load bound; the next on the ring
+    /// within the bound took it (and keeps it while the home stays busy).
     AffinitySpill,
     /// A retry after a failed attempt.
     Retry,
@@ -104,6 +108,8 @@ pub struct WorkerPool {
     pub timeouts: UpstreamTimeouts,
     pub policy: PoolPolicy,
     ring: Ring,
+    /// Where spilled prefixes went (prefix_affinity pools only).
+    spills: Option<SpillMemory>,
 }
 
 impl WorkerPool {
@@ -133,6 +139,7 @@ impl WorkerPool {
             timeouts: model.timeouts,
             policy: model.pool,
             ring,
+            spills: (model.pool.routing == Routing::PrefixAffinity).then(SpillMemory::new),
         }
     }
 
@@ -166,9 +173,9 @@ impl WorkerPool {
                 (Routing::PrefixAffinity, Some(key)) => self.affinity_candidate(key, exclude),
                 _ => self
                     .least_loaded_candidate(exclude)
-                    .map(|(i, load)| (i, load, PickReason::LeastLoaded)),
+                    .map(|(i, load)| (i, load, Placement::LeastLoaded)),
             };
-            let (i, seen_in_flight, reason) = candidate?;
+            let (i, seen_in_flight, placement) = candidate?;
             let w = &self.members[i].worker;
             if w.in_flight
                 .compare_exchange(
@@ -186,10 +193,22 @@ impl WorkerPool {
                 w.in_flight.fetch_sub(1, Ordering::AcqRel);
                 continue;
             };
-            let reason = if exclude.is_empty() {
-                reason
-            } else {
+            if let (Some(spills), Some(key), true) = (&self.spills, prefix_key, exclude.is_empty())
+            {
+                match placement {
+                    Placement::Spill => spills.set(key, i),
+                    Placement::Home => spills.clear(key),
+                    Placement::Spilled | Placement::LeastLoaded => {}
+                }
+            }
+            let reason = if !exclude.is_empty() {
                 PickReason::Retry
+            } else {
+                match placement {
+                    Placement::LeastLoaded => PickReason::LeastLoaded,
+                    Placement::Home | Placement::Spilled => PickReason::AffinityHit,
+                    Placement::Spill => PickReason::AffinitySpill,
+                }
             };
             return Some((
                 Reservation {
@@ -248,11 +267,13 @@ impl WorkerPool {
     }
 
     /// Consistent hashing with bounded load: the prefix's worker on the ring
-    /// takes the request while its load stays within `affinity_max_imbalance`
-    /// of the pool average (counting this request); otherwise the next worker
-    /// on the ring that is within the bound does. A warm worker keeps its
+    /// (its home: the first eligible one from the prefix's point) takes the
+    /// request while its load stays within `affinity_max_imbalance` of the
+    /// pool average (counting this request); otherwise the next worker on
+    /// the ring that is within the bound does, and the prefix stays there
+    /// while its home is busy (`spill.rs` says why). A warm worker keeps its
     /// prefixes, but cannot be piled onto.
-    fn affinity_candidate(&self, key: u64, exclude: &[usize]) -> Option<(usize, u32, PickReason)> {
+    fn affinity_candidate(&self, key: u64, exclude: &[usize]) -> Option<(usize, u32, Placement)> {
         let eligible = self.eligible(exclude);
         if eligible.is_empty() {
             return None;
@@ -266,28 +287,41 @@ impl WorkerPool {
             total + 1,
             eligible.len() as u64,
         );
-        let mut first = true;
-        for i in self.ring.walk(key, self.members.len()) {
-            if !eligible.contains(&i) {
-                continue;
+        let load = |i: usize| u64::from(self.members[i].worker.effective_load());
+        let in_flight = |i: usize| self.members[i].worker.in_flight();
+        let mut walk = self
+            .ring
+            .walk(key, self.members.len())
+            .filter(|i| eligible.contains(i));
+        let home = walk.next()?;
+        if let Some(moved) = self.spills.as_ref().and_then(|s| s.get(key)) {
+            if moved != home && eligible.contains(&moved) && load(home) > 0 && load(moved) < bound {
+                return Some((moved, in_flight(moved), Placement::Spilled));
             }
-            let w = &self.members[i].worker;
-            let in_flight = w.in_flight();
-            if u64::from(w.effective_load()) < bound {
-                let reason = if first {
-                    PickReason::AffinityHit
-                } else {
-                    PickReason::AffinitySpill
-                };
-                return Some((i, in_flight, reason));
-            }
-            first = false;
         }
-        // Every worker is at the bound (it rounds up, so this is rare): fall
-        // back to the least loaded.
+        if load(home) < bound {
+            return Some((home, in_flight(home), Placement::Home));
+        }
+        if let Some(next) = walk.find(|i| load(*i) < bound) {
+            return Some((next, in_flight(next), Placement::Spill));
+        }
+        // Every worker is at the bound (it never is below the average, so
+        // this is rare): fall back to the least loaded.
         self.least_loaded_candidate(exclude)
-            .map(|(i, load)| (i, load, PickReason::AffinitySpill))
+            .map(|(i, load)| (i, load, Placement::Spill))
     }
+}
+
+/// Where a pick placed a request, before it becomes a [`PickReason`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Placement {
+    LeastLoaded,
+    /// The prefix's home on the ring.
+    Home,
+    /// The worker the prefix spilled to earlier (its home is still busy).
+    Spilled,
+    /// Away from the prefix's worker, over the bound.
+    Spill,
 }
 
 /// The most load a worker may carry after taking a request, when the pool
@@ -482,6 +516,47 @@ mod tests {
         let max = *loads.iter().max().unwrap() as f64;
         let mean = 40.0 / 4.0;
         assert!(max / mean <= 1.25, "{loads:?}");
+    }
+
+    #[test]
+    fn a_spilled_prefix_stays_where_it_spilled_while_its_home_is_busy() {
+        let (p, _r) = pool(4, "routing = \"prefix_affinity\"");
+        let key = 0x5eed_u64;
+        let (first, reason) = p.pick(&[], Some(key)).unwrap();
+        assert_eq!(reason, PickReason::AffinityHit);
+        let home = first.index;
+        // Pile the prefix onto its home until a request spills.
+        let mut held = vec![first];
+        let spilled_to = loop {
+            let (r, reason) = p.pick(&[], Some(key)).unwrap();
+            let index = r.index;
+            held.push(r);
+            if reason == PickReason::AffinitySpill {
+                break index;
+            }
+            assert_eq!(index, home);
+        };
+        assert_ne!(spilled_to, home);
+        // The pressure eases, but the home still has a request: the prefix
+        // keeps going where it spilled to (its cache is there now), and it is
+        // counted as a hit.
+        let keep = held.iter().position(|r| r.index == home).unwrap();
+        let busy_home = held.swap_remove(keep);
+        drop(held);
+        for _ in 0..5 {
+            let (r, reason) = p.pick(&[], Some(key)).unwrap();
+            assert_eq!((r.index, reason), (spilled_to, PickReason::AffinityHit));
+        }
+        // Home idle: the prefix goes home and stays there.
+        drop(busy_home);
+        let (r, reason) = p.pick(&[], Some(key)).unwrap();
+        assert_eq!((r.index, reason), (home, PickReason::AffinityHit));
+        assert_eq!(
+            p.spills.as_ref().unwrap().get(key),
+            None,
+            "the spill is forgotten"
+        );
+        drop(r);
     }
 
     #[test]
