@@ -267,3 +267,48 @@ healthy_after = 1
     .await
     .expect("ready again");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_failures_and_timeouts_count_against_a_worker() {
+    // One worker refuses connections, one never produces a first token;
+    // active checks stay out of it (one check at start, 2 needed).
+    let dead = {
+        let s = sim();
+        let url = s.url();
+        s.stop();
+        url
+    };
+    let silent = sim_with(|c| c.ttft = Duration::from_secs(30));
+    let live = sim();
+    let gw = start(&config_text(
+        &[dead.clone(), silent.url(), live.url()],
+        "failures_to_eject = 2\nejection_base = \"1h\"\nejection_max = \"1h\"\nhealth_interval = \"1h\"\nfirst_token_timeout = \"200ms\"\nmax_retries = 2",
+        "",
+    ));
+    wait_ready(&gw).await;
+    // Streams: a connect failure is retried elsewhere; a first-token
+    // timeout is a 504. Each counts against its worker until both are out.
+    let mut sent = 0;
+    while reported_state(&gw, &dead).await.as_deref() != Some("ejected")
+        || reported_state(&gw, &silent.url()).await.as_deref() != Some("ejected")
+    {
+        sent += 1;
+        assert!(sent <= 60, "not ejected after {sent} requests");
+        let (status, _, body) =
+            post_chat(&gw, &chat_body(json!({"stream": true, "max_tokens": 1}))).await;
+        assert!(status == 200 || status == 504, "{status}: {body}");
+    }
+    assert_eq!(
+        reported_state(&gw, &live.url()).await.as_deref(),
+        Some("healthy")
+    );
+    // From now on everything goes to the live worker at the first try.
+    let before = live.stats().requests;
+    for _ in 0..5 {
+        let (status, _, body) =
+            post_chat(&gw, &chat_body(json!({"stream": true, "max_tokens": 1}))).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(live.stats().requests, before + 5);
+    assert!(silent.stats().requests >= 2);
+}
