@@ -306,6 +306,20 @@ pub async fn exchange(
         }
     }
 
+    // The worker sent its whole answer: it is done with this request, so
+    // its slot is given back now, not after the client has the last bytes
+    // (a client that already has its answer must not find it still counted
+    // against the worker when it sends the next one), and the breaker hears
+    // that the worker answered, whatever happens on the client's side.
+    if status < 500 {
+        reservation.worker.record_success();
+    }
+    let peer = &pool.members[reservation.index].peer;
+    drop(reservation);
+    // The whole answer was read: the connection can serve the next request.
+    connector
+        .release_http_session(upstream, peer, Some(t.keepalive_idle))
+        .await;
     let rest = tap.on_end();
     let finished = if rest.is_empty() {
         session.write_response_body(None, true).await
@@ -314,17 +328,7 @@ pub async fn exchange(
     };
     if finished.is_err() {
         report.client_gone = true;
-        return Ok(());
     }
-    if status < 500 {
-        reservation.worker.record_success();
-    }
-    // The whole answer was read: the connection can serve the next request.
-    let peer = &pool.members[reservation.index].peer;
-    connector
-        .release_http_session(upstream, peer, Some(t.keepalive_idle))
-        .await;
-    drop(reservation);
     Ok(())
 }
 
