@@ -300,6 +300,13 @@ impl Worker {
     /// Load the worker carries for other clients (other gateway replicas):
     /// its own running + waiting count at the last scrape, minus what this
     /// gateway had in flight there at that moment.
+    ///
+    /// The worker counts engine requests, and vLLM fans a request with `n`
+    /// choices or a batch of embedding inputs out into one per choice or
+    /// input; this gateway counts HTTP requests. Our own fan-out requests in
+    /// flight at a scrape therefore show up here as extra foreign load until
+    /// the next poll (a batch of 2 embedding inputs left 1 behind in
+    /// tests/endpoints.rs).
     pub fn foreign_load(&self) -> u32 {
         let total = self
             .remote_running
