@@ -141,12 +141,8 @@ async fn the_access_line_shows_affinity_hits() {
 async fn a_retried_request_logs_the_worker_that_answered() {
     captured();
     let live = sim();
-    let dead = {
-        let s = sim();
-        let url = s.url();
-        s.stop();
-        url
-    };
+    let dead_worker = dead_worker();
+    let dead = dead_worker.url.clone();
     let gw = start(&config_text(
         &[dead.clone(), live.url()],
         "failures_to_eject = 1000\nhealth_interval = \"1h\"",

@@ -272,12 +272,8 @@ healthy_after = 1
 async fn connection_failures_and_timeouts_count_against_a_worker() {
     // One worker refuses connections, one never produces a first token;
     // active checks stay out of it (one check at start, 2 needed).
-    let dead = {
-        let s = sim();
-        let url = s.url();
-        s.stop();
-        url
-    };
+    let dead_worker = dead_worker();
+    let dead = dead_worker.url.clone();
     let silent = sim_with(|c| c.ttft = Duration::from_secs(30));
     let live = sim();
     let gw = start(&config_text(

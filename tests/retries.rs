@@ -12,14 +12,6 @@ use pool_common::*;
 use serde_json::json;
 use vllm_gateway::sim::{FaultPlan, SimHandle};
 
-/// The URL of a worker that refuses connections.
-fn dead_worker() -> String {
-    let s = sim();
-    let url = s.url();
-    s.stop();
-    url
-}
-
 fn failing(status: u16) -> FaultPlan {
     FaultPlan {
         fail_rate: 1.0,
@@ -39,7 +31,8 @@ fn chat_bodies(s: &SimHandle) -> Vec<bytes::Bytes> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_worker_is_retried_on_a_live_one_with_the_same_body() {
     let live = sim_with(|c| c.max_model_len = 1_000_000);
-    let dead = dead_worker();
+    let dead_worker = dead_worker();
+    let dead = dead_worker.url.clone();
     // The breaker is kept out of the way so the dead worker keeps being
     // picked; one active check at start (of 2 needed) does not take it out.
     let text = config_text(
@@ -76,8 +69,9 @@ async fn a_dead_worker_is_retried_on_a_live_one_with_the_same_body() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_no_other_worker_a_refused_connection_is_a_503_and_no_retry() {
+    let dead = dead_worker();
     let gw = start(&config_text(
-        &[dead_worker()],
+        std::slice::from_ref(&dead.url),
         "health_interval = \"1h\"",
         "",
     ));

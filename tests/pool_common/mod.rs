@@ -230,3 +230,24 @@ pub async fn wait_logged(gw: &GatewayHandle, n: f64) {
         );
     }
 }
+
+/// A worker address that refuses connections: a bound socket that never
+/// listens. It keeps the port for as long as it lives, so no simulator
+/// another test starts in parallel can take it over (a stopped simulator's
+/// port can be handed out again at once).
+pub struct DeadWorker {
+    _socket: socket2::Socket,
+    pub url: String,
+}
+
+pub fn dead_worker() -> DeadWorker {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    socket.bind(&any.into()).unwrap();
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    DeadWorker {
+        _socket: socket,
+        url: format!("http://{addr}"),
+    }
+}
