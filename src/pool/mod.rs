@@ -287,23 +287,39 @@ impl WorkerPool {
             total + 1,
             eligible.len() as u64,
         );
-        let load = |i: usize| u64::from(self.members[i].worker.effective_load());
-        let in_flight = |i: usize| self.members[i].worker.in_flight();
+        // A worker's in-flight count is read once and the decision made on
+        // it, so the compare-and-swap in `pick` only succeeds if no other
+        // request took a slot there meanwhile: the bound holds under races.
+        let seen = |i: usize| {
+            let w = &self.members[i].worker;
+            let in_flight = w.in_flight();
+            (
+                in_flight,
+                u64::from(in_flight.saturating_add(w.foreign_load())),
+            )
+        };
         let mut walk = self
             .ring
             .walk(key, self.members.len())
             .filter(|i| eligible.contains(i));
         let home = walk.next()?;
+        let (home_in_flight, home_load) = seen(home);
         if let Some(moved) = self.spills.as_ref().and_then(|s| s.get(key)) {
-            if moved != home && eligible.contains(&moved) && load(home) > 0 && load(moved) < bound {
-                return Some((moved, in_flight(moved), Placement::Spilled));
+            if moved != home && eligible.contains(&moved) && home_load > 0 {
+                let (in_flight, load) = seen(moved);
+                if load < bound {
+                    return Some((moved, in_flight, Placement::Spilled));
+                }
             }
         }
-        if load(home) < bound {
-            return Some((home, in_flight(home), Placement::Home));
+        if home_load < bound {
+            return Some((home, home_in_flight, Placement::Home));
         }
-        if let Some(next) = walk.find(|i| load(*i) < bound) {
-            return Some((next, in_flight(next), Placement::Spill));
+        for next in walk {
+            let (in_flight, load) = seen(next);
+            if load < bound {
+                return Some((next, in_flight, Placement::Spill));
+            }
         }
         // Every worker is at the bound (it never is below the average, so
         // this is rare): fall back to the least loaded.
@@ -516,6 +532,26 @@ mod tests {
         let max = *loads.iter().max().unwrap() as f64;
         let mean = 40.0 / 4.0;
         assert!(max / mean <= 1.25, "{loads:?}");
+    }
+
+    #[test]
+    fn a_concurrent_same_prefix_burst_stays_within_the_bound() {
+        let (p, _r) = pool(4, "routing = \"prefix_affinity\"");
+        let p = Arc::new(p);
+        let held: Vec<Vec<Reservation>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| {
+                    let p = Arc::clone(&p);
+                    s.spawn(move || (0..25).map(|_| p.pick(&[], Some(7)).unwrap().0).collect())
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let loads: Vec<u32> = p.members.iter().map(|m| m.worker.in_flight()).collect();
+        assert_eq!(loads.iter().sum::<u32>(), 100);
+        // 1.25 x the mean of 25.
+        assert!(loads.iter().all(|&l| l <= 31), "{loads:?}");
+        drop(held);
     }
 
     #[test]
