@@ -78,7 +78,8 @@ pub fn record(m: &Metrics, r: &AccessRecord<'_>) {
         endpoint = r.endpoint,
         model = r.model,
         worker = r.report.worker.as_deref().unwrap_or("-"),
-        routing = r.report.picks.first().map_or("-", |p| p.label()),
+        // Why the worker that answered was chosen (a retry says "retry").
+        routing = r.report.picks.last().map_or("-", |p| p.label()),
         status = r.status,
         duration_ms = ms(elapsed),
         ttft_ms = ttft.map(ms),

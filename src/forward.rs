@@ -98,7 +98,20 @@ pub struct ExchangeReport {
     pub picks: Vec<PickReason>,
     /// Time spent in the response tap (stream scanning): gateway overhead.
     pub tap_time: std::time::Duration,
+    /// When the previous piece of the answer went to the client (gaps).
+    last_write: Option<Instant>,
     pub is_sse: bool,
+}
+
+/// A worker's answer, ready to be relayed: nothing of it went to the client
+/// yet.
+struct Answer {
+    up: UpstreamSession,
+    /// A stream's first body bytes, read before the client sees anything so
+    /// that the first-token timeout covers them (see [`attempt`]).
+    first: Option<Bytes>,
+    /// The body already ended (a stream answer with an empty body).
+    ended: bool,
 }
 
 /// Errors of a single attempt, sorted by whether another worker may be tried.
@@ -152,9 +165,9 @@ pub async fn exchange(
     let t = pool.timeouts;
     let deadline = TokioInstant::from_std(started + t.request);
     let mut tried: Vec<usize> = Vec::new();
-    let (mut upstream, reservation) = loop {
+    let (answer, reservation) = loop {
         let Some((reservation, reason)) = pool.pick(&tried, req.prefix_key) else {
-            return Err(if tried.is_empty() {
+            return Err(if report.attempts == 0 {
                 GatewayError::NoHealthyWorker {
                     model: pool.model.to_string(),
                 }
@@ -164,11 +177,29 @@ pub async fn exchange(
                 }
             });
         };
+        // A retry is counted once it has a worker to go to, not when the
+        // previous attempt failed: with nowhere left to go there is none.
+        if report.attempts > 0 {
+            report.retries += 1;
+        }
         report.attempts += 1;
         report.picks.push(reason);
         report.worker = Some(Arc::clone(&reservation.worker.url));
-        match attempt(session, connector, pool, req, &reservation, deadline).await {
-            Ok(up) => break (up, reservation),
+        let mut outcome = attempt(session, connector, pool, req, &reservation, deadline).await;
+        if let Err(AttemptError::Retryable("stale_connection")) = outcome {
+            // A pooled connection the worker had already closed says nothing
+            // about the worker: try it once more on its next connection,
+            // outside the retry budget. Failing again, it is the worker's
+            // failure like any other (a worker that resets every request
+            // must not pass as stale and use up the retries on itself).
+            report.upstream_errors.push("stale_connection");
+            outcome = attempt(session, connector, pool, req, &reservation, deadline).await;
+            if let Err(AttemptError::Retryable("stale_connection")) = outcome {
+                outcome = Err(AttemptError::Retryable("reset"));
+            }
+        }
+        match outcome {
+            Ok(answer) => break (answer, reservation),
             Err(AttemptError::ClientGone) => {
                 report.client_gone = true;
                 return Ok(());
@@ -181,26 +212,24 @@ pub async fn exchange(
                 return Err(e);
             }
             Err(AttemptError::Retryable(kind)) => {
+                // Passive health: the failure counts against the worker, and
+                // the request moves on to another one.
                 report.upstream_errors.push(kind);
-                // A stale pooled connection says nothing about the worker;
-                // anything else counts against it (passive health).
-                if kind != "stale_connection" {
-                    reservation.worker.record_failure(&pool.policy.breaker);
-                }
-                // A stale connection is retried on the same worker first
-                // (its next connection is likely fine); other failures move on.
-                if kind != "stale_connection" || report.retries > 0 {
-                    tried.push(reservation.index);
-                }
+                reservation.worker.record_failure(&pool.policy.breaker);
+                tried.push(reservation.index);
                 if report.retries >= pool.policy.max_retries {
                     return Err(GatewayError::UpstreamUnavailable {
                         model: pool.model.to_string(),
                     });
                 }
-                report.retries += 1;
             }
         }
     };
+    let Answer {
+        up: mut upstream,
+        first,
+        ended,
+    } = answer;
 
     // The answer head. From here on nothing is retried: bytes reach the client.
     let Some(head) = upstream.resp_header() else {
@@ -216,7 +245,8 @@ pub async fn exchange(
         .is_some_and(|ct| ct.trim_start().starts_with("text/event-stream"));
     report.is_sse = is_sse;
     tap.on_head(status, is_sse);
-    let client_head = client_response_head(head, req, is_sse)?;
+    let http11 = session.req_header().version == http::Version::HTTP_11;
+    let client_head = client_response_head(head, req, is_sse, http11)?;
     if session
         .write_response_header(Box::new(client_head), false)
         .await
@@ -229,70 +259,75 @@ pub async fn exchange(
     report.first_byte = Some(Instant::now());
     if status >= 500 {
         // The worker's own error goes to the client, and counts against it.
+        report.upstream_errors.push("status_5xx");
         reservation.worker.record_failure(&pool.policy.breaker);
+    }
+    if let Some(chunk) = first {
+        if relay(session, req, tap, report, chunk).await.is_err() {
+            return Ok(());
+        }
     }
 
     let idle = t.idle;
     let mut idle_sleep = pin!(tokio::time::sleep(idle));
     let mut total_sleep = pin!(sleep_until(deadline));
-    let mut last_write: Option<Instant> = None;
-    loop {
-        tokio::select! {
-            biased;
-            read = upstream.read_body_bytes() => match read {
-                Ok(Some(chunk)) => {
-                    let arrived = Instant::now();
-                    idle_sleep.as_mut().reset(TokioInstant::now() + idle);
-                    let out = tap.on_chunk(chunk);
-                    let scanned = Instant::now();
-                    report.tap_time += scanned - arrived;
-                    if report.first_token.is_none() && tap.first_token_seen() {
-                        report.first_token = Some(scanned);
-                    }
-                    if out.is_empty() {
-                        continue;
-                    }
-                    if let (Some(h), Some(prev)) = (&req.gap_histogram, last_write) {
-                        if report.first_token.is_some() {
-                            h.observe(scanned.duration_since(prev).as_secs_f64());
+    // A stream that ended with its first read has nothing left to read.
+    if !ended {
+        loop {
+            tokio::select! {
+                biased;
+                read = upstream.read_body_bytes() => match read {
+                    Ok(Some(chunk)) => {
+                        idle_sleep.as_mut().reset(TokioInstant::now() + idle);
+                        if relay(session, req, tap, report, chunk).await.is_err() {
+                            return Ok(());
                         }
                     }
-                    last_write = Some(scanned);
-                    if session.write_response_body(Some(out), false).await.is_err() {
-                        report.client_gone = true;
+                    Ok(None) => break,
+                    Err(e) => {
+                        let kind = if e.etype() == &pingora_error::ErrorType::ReadTimedout { "timeout" } else { "reset" };
+                        reservation.worker.record_failure(&pool.policy.breaker);
+                        fail_mid_answer(session, tap, report, is_sse, kind,
+                            "The worker stopped sending the answer before it was complete.").await;
                         return Ok(());
                     }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    let kind = if e.etype() == &pingora_error::ErrorType::ReadTimedout { "timeout" } else { "reset" };
-                    reservation.worker.record_failure(&pool.policy.breaker);
-                    fail_mid_answer(session, tap, report, is_sse, kind,
-                        "The worker stopped sending the answer before it was complete.").await;
+                },
+                gone = session.as_downstream_mut().read_body_or_idle(true) => {
+                    // `Ok` would mean more request bytes (not expected); treat
+                    // anything here as the client going away.
+                    let _ = gone;
+                    report.client_gone = true;
                     return Ok(());
                 }
-            },
-            gone = session.as_downstream_mut().read_body_or_idle(true) => {
-                // `Ok` would mean more request bytes (not expected); treat
-                // anything here as the client going away.
-                let _ = gone;
-                report.client_gone = true;
-                return Ok(());
-            }
-            () = &mut idle_sleep => {
-                reservation.worker.record_failure(&pool.policy.breaker);
-                fail_mid_answer(session, tap, report, is_sse, "timeout",
-                    "The worker went silent in the middle of the answer.").await;
-                return Ok(());
-            }
-            () = &mut total_sleep => {
-                fail_mid_answer(session, tap, report, is_sse, "timeout",
-                    "The answer took longer than the gateway's request timeout.").await;
-                return Ok(());
+                () = &mut idle_sleep => {
+                    reservation.worker.record_failure(&pool.policy.breaker);
+                    fail_mid_answer(session, tap, report, is_sse, "timeout",
+                        "The worker went silent in the middle of the answer.").await;
+                    return Ok(());
+                }
+                () = &mut total_sleep => {
+                    fail_mid_answer(session, tap, report, is_sse, "timeout",
+                        "The answer took longer than the gateway's request timeout.").await;
+                    return Ok(());
+                }
             }
         }
     }
 
+    // The worker sent its whole answer: it is done with this request, so
+    // its slot is given back now, not after the client has the last bytes
+    // (a client that already has its answer must not find it still counted
+    // against the worker when it sends the next one), and the breaker hears
+    // that the worker answered, whatever happens on the client's side.
+    if status < 500 {
+        reservation.worker.record_success();
+    }
+    let peer = &pool.members[reservation.index].peer;
+    drop(reservation);
+    // The whole answer was read: the connection can serve the next request.
+    connector
+        .release_http_session(upstream, peer, Some(t.keepalive_idle))
+        .await;
     let rest = tap.on_end();
     let finished = if rest.is_empty() {
         session.write_response_body(None, true).await
@@ -301,21 +336,52 @@ pub async fn exchange(
     };
     if finished.is_err() {
         report.client_gone = true;
-        return Ok(());
     }
-    if status < 500 {
-        reservation.worker.record_success();
-    }
-    // The whole answer was read: the connection can serve the next request.
-    let peer = &pool.members[reservation.index].peer;
-    connector
-        .release_http_session(upstream, peer, Some(t.keepalive_idle))
-        .await;
-    drop(reservation);
     Ok(())
 }
 
-/// One try on one worker: connect, send, wait for the head.
+/// Pass one upstream body chunk through the tap to the client. Err: the
+/// client is gone (recorded in the report).
+async fn relay(
+    session: &mut Session,
+    req: &UpstreamRequest,
+    tap: &mut dyn ResponseTap,
+    report: &mut ExchangeReport,
+    chunk: Bytes,
+) -> Result<(), ()> {
+    let arrived = Instant::now();
+    let out = tap.on_chunk(chunk);
+    let scanned = Instant::now();
+    report.tap_time += scanned - arrived;
+    if report.first_token.is_none() && tap.first_token_seen() {
+        report.first_token = Some(scanned);
+    }
+    if out.is_empty() {
+        return Ok(());
+    }
+    if let (Some(h), Some(prev), Some(_)) =
+        (&req.gap_histogram, report.last_write, report.first_token)
+    {
+        h.observe(scanned.duration_since(prev).as_secs_f64());
+    }
+    report.last_write = Some(scanned);
+    if session.write_response_body(Some(out), false).await.is_err() {
+        report.client_gone = true;
+        return Err(());
+    }
+    Ok(())
+}
+
+/// One try on one worker: connect, send, wait for the head and, for a
+/// stream, its first event.
+///
+/// vLLM sends a stream's head as soon as it accepts the request, before the
+/// request even leaves its queue (a Starlette `StreamingResponse`,
+/// vllm.md §5); the first event comes with the first token. So the
+/// first-token timeout must cover the first body bytes, not only the head,
+/// and those bytes are read here, before anything goes to the client: a
+/// worker that stays silent past the timeout is still a clean 504, and one
+/// that breaks before its first event can still be retried elsewhere.
 async fn attempt(
     session: &mut Session,
     connector: &Connector,
@@ -323,7 +389,7 @@ async fn attempt(
     req: &UpstreamRequest,
     reservation: &Reservation,
     deadline: TokioInstant,
-) -> Result<UpstreamSession, AttemptError> {
+) -> Result<Answer, AttemptError> {
     let t = pool.timeouts;
     let member = &pool.members[reservation.index];
     let model = || pool.model.to_string();
@@ -372,13 +438,24 @@ async fn attempt(
     } else {
         deadline
     };
+    let timed_out = || {
+        AttemptError::Fatal(
+            GatewayError::UpstreamTimeout {
+                model: model(),
+                phase: if req.stream && head_deadline < deadline {
+                    "first token"
+                } else {
+                    "request timeout"
+                },
+            },
+            Some("timeout"),
+        )
+    };
     let head = tokio::select! {
         biased;
         r = up.read_response() => r,
         _ = session.as_downstream_mut().read_body_or_idle(true) => return Err(AttemptError::ClientGone),
-        () = sleep_until(head_deadline) => return Err(AttemptError::Fatal(
-            GatewayError::UpstreamTimeout { model: model(), phase: if req.stream { "first token" } else { "request timeout" } },
-            Some("timeout"))),
+        () = sleep_until(head_deadline) => return Err(timed_out()),
     };
     if head.is_err() {
         // Reset before the response head: nothing was answered, so another
@@ -395,7 +472,34 @@ async fn attempt(
         // retries elsewhere (vllm.md §8).
         return Err(AttemptError::Retryable("status_503"));
     }
-    Ok(up)
+    if !req.stream {
+        return Ok(Answer {
+            up,
+            first: None,
+            ended: false,
+        });
+    }
+    let first = tokio::select! {
+        biased;
+        r = up.read_body_bytes() => r,
+        _ = session.as_downstream_mut().read_body_or_idle(true) => return Err(AttemptError::ClientGone),
+        () = sleep_until(head_deadline) => return Err(timed_out()),
+    };
+    match first {
+        Ok(Some(chunk)) => Ok(Answer {
+            up,
+            first: Some(chunk),
+            ended: false,
+        }),
+        Ok(None) => Ok(Answer {
+            up,
+            first: None,
+            ended: true,
+        }),
+        // The worker broke off before its first event: nothing reached the
+        // client, so another worker may take the request.
+        Err(_) => Err(AttemptError::Retryable("reset")),
+    }
 }
 
 fn upstream_request_head(
@@ -421,10 +525,17 @@ fn upstream_request_head(
     Some(h)
 }
 
+/// The head the client gets. An answer of unknown length (a stream) is sent
+/// chunked to an HTTP/1.1 client: without `Transfer-Encoding` Pingora frames
+/// it by closing the connection while the head still says keep-alive, so the
+/// connection could never be reused and a stream cut short by a failure
+/// looked exactly like a complete one. Chunked, a clean end is the
+/// terminating chunk.
 fn client_response_head(
     upstream: &ResponseHeader,
     req: &UpstreamRequest,
     is_sse: bool,
+    http11: bool,
 ) -> Result<ResponseHeader, GatewayError> {
     let mut h = ResponseHeader::build_no_case(upstream.status, Some(upstream.headers.len() + 4))
         .map_err(|_| GatewayError::Internal)?;
@@ -440,6 +551,10 @@ fn client_response_head(
         .map_err(|_| GatewayError::Internal)?;
     for (name, value) in &req.extra_headers {
         h.insert_header(*name, value.as_str())
+            .map_err(|_| GatewayError::Internal)?;
+    }
+    if http11 && h.headers.get("content-length").is_none() {
+        h.insert_header("transfer-encoding", "chunked")
             .map_err(|_| GatewayError::Internal)?;
     }
     if is_sse {

@@ -80,3 +80,41 @@ async fn client_gone_mid_stream_aborts_the_worker() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_gone_while_queued_on_the_worker_aborts_it() {
+    // One sequence at a time: the first request holds the slot (a 30 s
+    // prefill), the second waits in the worker's own queue.
+    let s = sim_with(|c| {
+        c.ttft = Duration::from_secs(30);
+        c.max_num_seqs = 1;
+    });
+    let gw = gateway_for(&[&s]).await;
+    let url = format!("{}/v1/chat/completions", gw.url());
+    let spawn = |body: serde_json::Value| {
+        let (c, url) = (client(), url.clone());
+        tokio::spawn(async move {
+            let _r = c.post(url).json(&body).send().await;
+            std::future::pending::<()>().await;
+        })
+    };
+    let first = spawn(chat_body(json!({"stream": true})));
+    wait_until(Duration::from_secs(5), || async { s.stats().running == 1 })
+        .await
+        .expect("first request running");
+    let queued = spawn(chat_body(json!({})));
+    wait_until(Duration::from_secs(5), || async { s.stats().waiting == 1 })
+        .await
+        .expect("second request queued on the worker");
+    let dropped = Instant::now();
+    queued.abort();
+    let _ = queued.await;
+    wait_until(Duration::from_secs(5), || async { s.stats().aborted == 1 })
+        .await
+        .expect("worker saw the abort");
+    let took = dropped.elapsed();
+    assert!(took < Duration::from_millis(100), "abort took {took:?}");
+    assert_eq!(s.stats().waiting, 0, "it left the queue");
+    assert_eq!(s.stats().running, 1, "the running request is untouched");
+    first.abort();
+}

@@ -399,3 +399,25 @@ async fn run_serves_on_the_callers_runtime_until_dropped() {
         .unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
 }
+
+#[tokio::test]
+async fn an_answer_the_client_has_is_already_counted_as_completed() {
+    let sim = start(fast());
+    let url = sim.url();
+    for i in 0..30u64 {
+        let mut body = chat(&format!("count {i}"));
+        body["stream"] = json!(i % 2 == 0);
+        let r = post(format!("{url}/v1/chat/completions"), &body).await;
+        assert_eq!(r.status(), 200);
+        r.bytes().await.unwrap();
+        assert_eq!(sim.stats().completed, i + 1, "request {i}");
+    }
+    let r = post(
+        format!("{url}/v1/embeddings"),
+        &json!({"model": "sim-model", "input": "x"}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    r.bytes().await.unwrap();
+    assert_eq!(sim.stats().completed, 31);
+}

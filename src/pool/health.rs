@@ -115,11 +115,12 @@ async fn worker_loop(shared: Arc<Shared>, worker: Weak<Worker>, mut shutdown: Sh
         }
         if now >= next_load {
             next_load = now + policy.load_poll_interval;
+            let mark = worker.load_mark();
             if let Some((200, body)) =
                 get(&shared.connector, &peer, "/metrics", policy.timeout).await
             {
                 if let Some(load) = parse_load(&body) {
-                    worker.record_load(load.running, load.waiting, load.kv_usage);
+                    worker.record_load(mark, load.running, load.waiting, load.kv_usage);
                 }
             }
         }

@@ -15,6 +15,7 @@
 pub mod discovery;
 pub mod health;
 pub mod ring;
+mod spill;
 pub mod worker;
 
 use std::collections::HashMap;
@@ -27,7 +28,8 @@ use pingora_core::upstreams::peer::HttpPeer;
 
 use crate::config::{ModelConfig, PoolPolicy, Routing, UpstreamTimeouts, WorkerSpec};
 use ring::Ring;
-pub use worker::{Worker, WorkerState};
+use spill::SpillMemory;
+pub use worker::{LoadMark, Worker, WorkerState};
 
 /// Hands out one shared [`Worker`] per URL, so every pool and every config
 /// generation that names a URL sees the same counters.
@@ -77,9 +79,11 @@ pub struct Member {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PickReason {
     LeastLoaded,
-    /// The prefix's own worker on the ring took it.
+    /// The prefix's worker took it: its worker on the ring, or the one it
+    /// spilled to earlier while its home stays busy (see `spill.rs`).
     AffinityHit,
-    /// The prefix's worker was over the load bound; the next on the ring took it.
+    /// The prefix's worker was over the load bound; the next on the ring
+    /// within the bound took it (and keeps it while the home stays busy).
     AffinitySpill,
     /// A retry after a failed attempt.
     Retry,
@@ -104,6 +108,8 @@ pub struct WorkerPool {
     pub timeouts: UpstreamTimeouts,
     pub policy: PoolPolicy,
     ring: Ring,
+    /// Where spilled prefixes went (prefix_affinity pools only).
+    spills: Option<SpillMemory>,
 }
 
 impl WorkerPool {
@@ -133,6 +139,7 @@ impl WorkerPool {
             timeouts: model.timeouts,
             policy: model.pool,
             ring,
+            spills: (model.pool.routing == Routing::PrefixAffinity).then(SpillMemory::new),
         }
     }
 
@@ -166,9 +173,9 @@ impl WorkerPool {
                 (Routing::PrefixAffinity, Some(key)) => self.affinity_candidate(key, exclude),
                 _ => self
                     .least_loaded_candidate(exclude)
-                    .map(|(i, load)| (i, load, PickReason::LeastLoaded)),
+                    .map(|(i, load)| (i, load, Placement::LeastLoaded)),
             };
-            let (i, seen_in_flight, reason) = candidate?;
+            let (i, seen_in_flight, placement) = candidate?;
             let w = &self.members[i].worker;
             if w.in_flight
                 .compare_exchange(
@@ -181,20 +188,33 @@ impl WorkerPool {
             {
                 continue;
             }
-            if !w.claim() {
+            let Some(probe) = w.claim() else {
                 // Lost the half-open probe slot to another request.
                 w.in_flight.fetch_sub(1, Ordering::AcqRel);
                 continue;
+            };
+            if let (Some(spills), Some(key), true) = (&self.spills, prefix_key, exclude.is_empty())
+            {
+                match placement {
+                    Placement::Spill => spills.set(key, i),
+                    Placement::Home => spills.clear(key),
+                    Placement::Spilled | Placement::LeastLoaded => {}
+                }
             }
-            let reason = if exclude.is_empty() {
-                reason
-            } else {
+            let reason = if !exclude.is_empty() {
                 PickReason::Retry
+            } else {
+                match placement {
+                    Placement::LeastLoaded => PickReason::LeastLoaded,
+                    Placement::Home | Placement::Spilled => PickReason::AffinityHit,
+                    Placement::Spill => PickReason::AffinitySpill,
+                }
             };
             return Some((
                 Reservation {
                     index: i,
                     worker: Arc::clone(w),
+                    probe,
                 },
                 reason,
             ));
@@ -247,11 +267,13 @@ impl WorkerPool {
     }
 
     /// Consistent hashing with bounded load: the prefix's worker on the ring
-    /// takes the request while its load stays within `affinity_max_imbalance`
-    /// of the pool average (counting this request); otherwise the next worker
-    /// on the ring that is within the bound does. A warm worker keeps its
+    /// (its home: the first eligible one from the prefix's point) takes the
+    /// request while its load stays within `affinity_max_imbalance` of the
+    /// pool average (counting this request); otherwise the next worker on
+    /// the ring that is within the bound does, and the prefix stays there
+    /// while its home is busy (`spill.rs` says why). A warm worker keeps its
     /// prefixes, but cannot be piled onto.
-    fn affinity_candidate(&self, key: u64, exclude: &[usize]) -> Option<(usize, u32, PickReason)> {
+    fn affinity_candidate(&self, key: u64, exclude: &[usize]) -> Option<(usize, u32, Placement)> {
         let eligible = self.eligible(exclude);
         if eligible.is_empty() {
             return None;
@@ -260,44 +282,93 @@ impl WorkerPool {
             .iter()
             .map(|i| u64::from(self.members[*i].worker.effective_load()))
             .sum();
-        let bound = ((self.policy.affinity_max_imbalance * (total + 1) as f64)
-            / eligible.len() as f64)
-            .ceil()
-            .max(1.0) as u64;
-        let mut first = true;
-        for i in self.ring.walk(key, self.members.len()) {
-            if !eligible.contains(&i) {
-                continue;
-            }
+        let bound = affinity_bound(
+            self.policy.affinity_max_imbalance,
+            total + 1,
+            eligible.len() as u64,
+        );
+        // A worker's in-flight count is read once and the decision made on
+        // it, so the compare-and-swap in `pick` only succeeds if no other
+        // request took a slot there meanwhile: the bound holds under races.
+        let seen = |i: usize| {
             let w = &self.members[i].worker;
             let in_flight = w.in_flight();
-            if u64::from(w.effective_load()) < bound {
-                let reason = if first {
-                    PickReason::AffinityHit
-                } else {
-                    PickReason::AffinitySpill
-                };
-                return Some((i, in_flight, reason));
+            (
+                in_flight,
+                u64::from(in_flight.saturating_add(w.foreign_load())),
+            )
+        };
+        let mut walk = self
+            .ring
+            .walk(key, self.members.len())
+            .filter(|i| eligible.contains(i));
+        let home = walk.next()?;
+        let (home_in_flight, home_load) = seen(home);
+        if let Some(moved) = self.spills.as_ref().and_then(|s| s.get(key)) {
+            if moved != home && eligible.contains(&moved) && home_load > 0 {
+                let (in_flight, load) = seen(moved);
+                if load < bound {
+                    return Some((moved, in_flight, Placement::Spilled));
+                }
             }
-            first = false;
         }
-        // Every worker is at the bound (it rounds up, so this is rare): fall
-        // back to the least loaded.
+        if home_load < bound {
+            return Some((home, home_in_flight, Placement::Home));
+        }
+        for next in walk {
+            let (in_flight, load) = seen(next);
+            if load < bound {
+                return Some((next, in_flight, Placement::Spill));
+            }
+        }
+        // Every worker is at the bound (it never is below the average, so
+        // this is rare): fall back to the least loaded.
         self.least_loaded_candidate(exclude)
-            .map(|(i, load)| (i, load, PickReason::AffinitySpill))
+            .map(|(i, load)| (i, load, Placement::Spill))
     }
 }
 
-/// A reserved in-flight slot on a worker; released on drop.
+/// Where a pick placed a request, before it becomes a [`PickReason`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Placement {
+    LeastLoaded,
+    /// The prefix's home on the ring.
+    Home,
+    /// The worker the prefix spilled to earlier (its home is still busy).
+    Spilled,
+    /// Away from the prefix's worker, over the bound.
+    Spill,
+}
+
+/// The most load a worker may carry after taking a request, when the pool
+/// carries `total` (this request included) over `workers`: `max_imbalance`
+/// times the average, rounded down, so no worker ends above the configured
+/// multiple of the mean (rounding up let 12 requests on 4 workers land
+/// 4/4/4/0: 1.33x). It never drops below the average rounded up, so some
+/// worker always has room (`workers × bound ≥ total`).
+fn affinity_bound(max_imbalance: f64, total: u64, workers: u64) -> u64 {
+    let workers = workers.max(1);
+    // The epsilon keeps 1.2 × 5 / 2 = 2.9999999999999996 from flooring to 2.
+    let scaled = (max_imbalance * total as f64 / workers as f64 + 1e-9).floor() as u64;
+    scaled.max(total.div_ceil(workers)).max(1)
+}
+
+/// A reserved in-flight slot on a worker; released on drop, on every path.
+/// When the request is the breaker's half-open probe, dropping it also frees
+/// the probe slot if the request settled nothing (its client left), so an
+/// abandoned probe cannot keep the worker out for good.
 #[derive(Debug)]
 pub struct Reservation {
     pub index: usize,
     pub worker: Arc<Worker>,
+    /// The half-open probe ticket, 0 when this request is not the probe.
+    probe: u64,
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        self.worker.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.worker.release_probe(self.probe);
+        self.worker.end_request();
     }
 }
 
@@ -413,7 +484,9 @@ mod tests {
     fn foreign_load_steers_away() {
         let (p, _r) = pool(2, "");
         // Another gateway replica keeps worker 0 busy.
-        p.members[0].worker.record_load(10, 0, 0.2);
+        p.members[0]
+            .worker
+            .record_load(p.members[0].worker.load_mark(), 10, 0, 0.2);
         for _ in 0..10 {
             let (r, _) = p.pick(&[], None).unwrap();
             assert_eq!(r.index, 1);
@@ -423,11 +496,15 @@ mod tests {
     #[test]
     fn deep_queues_are_skipped_while_others_have_room() {
         let (p, _r) = pool(2, "max_waiting = 5");
-        p.members[0].worker.record_load(0, 8, 0.0);
+        p.members[0]
+            .worker
+            .record_load(p.members[0].worker.load_mark(), 0, 8, 0.0);
         let held: Vec<_> = (0..10).map(|_| p.pick(&[], None).unwrap()).collect();
         assert!(held.iter().all(|(r, _)| r.index == 1));
         drop(held);
-        p.members[1].worker.record_load(0, 9, 0.0);
+        p.members[1]
+            .worker
+            .record_load(p.members[1].worker.load_mark(), 0, 9, 0.0);
         // Both queues are deep: fall back to all available workers.
         assert!(p.pick(&[], None).is_some());
     }
@@ -454,6 +531,85 @@ mod tests {
         let loads: Vec<u32> = p.members.iter().map(|m| m.worker.in_flight()).collect();
         let max = *loads.iter().max().unwrap() as f64;
         let mean = 40.0 / 4.0;
-        assert!(max / mean <= 1.3, "{loads:?}");
+        assert!(max / mean <= 1.25, "{loads:?}");
+    }
+
+    #[test]
+    fn a_concurrent_same_prefix_burst_stays_within_the_bound() {
+        let (p, _r) = pool(4, "routing = \"prefix_affinity\"");
+        let p = Arc::new(p);
+        let held: Vec<Vec<Reservation>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| {
+                    let p = Arc::clone(&p);
+                    s.spawn(move || (0..25).map(|_| p.pick(&[], Some(7)).unwrap().0).collect())
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let loads: Vec<u32> = p.members.iter().map(|m| m.worker.in_flight()).collect();
+        assert_eq!(loads.iter().sum::<u32>(), 100);
+        // 1.25 x the mean of 25.
+        assert!(loads.iter().all(|&l| l <= 31), "{loads:?}");
+        drop(held);
+    }
+
+    #[test]
+    fn a_spilled_prefix_stays_where_it_spilled_while_its_home_is_busy() {
+        let (p, _r) = pool(4, "routing = \"prefix_affinity\"");
+        let key = 0x5eed_u64;
+        let (first, reason) = p.pick(&[], Some(key)).unwrap();
+        assert_eq!(reason, PickReason::AffinityHit);
+        let home = first.index;
+        // Pile the prefix onto its home until a request spills.
+        let mut held = vec![first];
+        let spilled_to = loop {
+            let (r, reason) = p.pick(&[], Some(key)).unwrap();
+            let index = r.index;
+            held.push(r);
+            if reason == PickReason::AffinitySpill {
+                break index;
+            }
+            assert_eq!(index, home);
+        };
+        assert_ne!(spilled_to, home);
+        // The pressure eases, but the home still has a request: the prefix
+        // keeps going where it spilled to (its cache is there now), and it is
+        // counted as a hit.
+        let keep = held.iter().position(|r| r.index == home).unwrap();
+        let busy_home = held.swap_remove(keep);
+        drop(held);
+        for _ in 0..5 {
+            let (r, reason) = p.pick(&[], Some(key)).unwrap();
+            assert_eq!((r.index, reason), (spilled_to, PickReason::AffinityHit));
+        }
+        // Home idle: the prefix goes home and stays there.
+        drop(busy_home);
+        let (r, reason) = p.pick(&[], Some(key)).unwrap();
+        assert_eq!((r.index, reason), (home, PickReason::AffinityHit));
+        assert_eq!(
+            p.spills.as_ref().unwrap().get(key),
+            None,
+            "the spill is forgotten"
+        );
+        drop(r);
+    }
+
+    #[test]
+    fn affinity_bound_stays_within_the_imbalance_and_leaves_room() {
+        // 12 requests on 4 workers: 3 each at most (1.25 x 3 = 3.75).
+        assert_eq!(affinity_bound(1.25, 12, 4), 3);
+        assert_eq!(affinity_bound(1.25, 33, 4), 10);
+        assert_eq!(affinity_bound(1.2, 5, 2), 3);
+        for workers in 1..=8u64 {
+            for total in 1..=200u64 {
+                for c in [1.0, 1.1, 1.25, 1.5, 2.0] {
+                    let b = affinity_bound(c, total, workers);
+                    assert!(b * workers >= total, "no room: {c} {total} {workers}");
+                    let mean = total as f64 / workers as f64;
+                    assert!(b as f64 <= (c * mean).max(mean.ceil()) + 1e-6);
+                }
+            }
+        }
     }
 }

@@ -40,6 +40,12 @@ impl WorkerState {
     }
 }
 
+/// Where the count of ended requests stood when a load scrape began.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadMark {
+    released: u64,
+}
+
 /// One vLLM server.
 #[derive(Debug)]
 pub struct Worker {
@@ -48,6 +54,9 @@ pub struct Worker {
     /// Monotonic reference for the nanosecond timestamps below.
     epoch: Instant,
     pub(super) in_flight: AtomicU32,
+    /// Requests through this gateway that have ended, ever: with the live
+    /// count it bounds what the gateway had in flight at any past moment.
+    released: AtomicU64,
 
     // Active checks.
     check_healthy: AtomicBool,
@@ -61,16 +70,18 @@ pub struct Worker {
     ejections: AtomicU32,
     /// While > now: ejected. 0 = closed.
     ejected_until_ns: AtomicU64,
-    /// A half-open probe request is in flight.
-    probing: AtomicBool,
+    /// The ticket of the half-open probe request in flight; 0 = none.
+    probe: AtomicU64,
+    /// Source of probe tickets.
+    probe_tickets: AtomicU64,
 
     // Load the worker reports on its /metrics.
     remote_running: AtomicU32,
     remote_waiting: AtomicU32,
     /// KV-cache usage in thousandths (vllm:kv_cache_usage_perc × 1000).
     kv_milli: AtomicU32,
-    /// Our own in-flight count when the scrape was taken, to separate our
-    /// requests from other replicas' in the worker's totals.
+    /// At most what this gateway had in flight when the worker counted its
+    /// load, to separate our requests from other replicas' in its totals.
     in_flight_at_scrape: AtomicU32,
 
     /// `max_model_len` per served model, from its `/v1/models`.
@@ -84,6 +95,7 @@ impl Worker {
             addr: spec.addr,
             epoch: Instant::now(),
             in_flight: AtomicU32::new(0),
+            released: AtomicU64::new(0),
             // Optimistic until the first check says otherwise: a gateway
             // restarted under load must not refuse traffic for a whole check
             // interval. Workers that join later (discovery) are created
@@ -95,7 +107,8 @@ impl Worker {
             request_failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
             ejected_until_ns: AtomicU64::new(0),
-            probing: AtomicBool::new(false),
+            probe: AtomicU64::new(0),
+            probe_tickets: AtomicU64::new(0),
             remote_running: AtomicU32::new(0),
             remote_waiting: AtomicU32::new(0),
             kv_milli: AtomicU32::new(0),
@@ -121,6 +134,20 @@ impl Worker {
         self.in_flight.load(Ordering::Relaxed)
     }
 
+    /// A request through this gateway ended (its reservation dropped).
+    pub(super) fn end_request(&self) {
+        self.released.fetch_add(1, Ordering::AcqRel);
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Taken just before asking the worker for its load; see
+    /// [`Worker::record_load`].
+    pub fn load_mark(&self) -> LoadMark {
+        LoadMark {
+            released: self.released.load(Ordering::Acquire),
+        }
+    }
+
     pub fn state(&self) -> WorkerState {
         if !self.check_healthy.load(Ordering::Relaxed) {
             return WorkerState::Unhealthy;
@@ -140,20 +167,37 @@ impl Worker {
     pub fn is_available(&self) -> bool {
         match self.state() {
             WorkerState::Healthy => true,
-            WorkerState::HalfOpen => !self.probing.load(Ordering::Acquire),
+            WorkerState::HalfOpen => self.probe.load(Ordering::Acquire) == 0,
             WorkerState::Unhealthy | WorkerState::Ejected => false,
         }
     }
 
     /// Called on the worker picked for a request: in the half-open state it
-    /// claims the single probe slot. False if another request took it first.
-    pub fn claim(&self) -> bool {
+    /// claims the single probe slot. `None` if another request took it first;
+    /// otherwise the probe ticket (`Some(0)`: not a probe), which the request
+    /// hands back through [`Worker::release_probe`] when it ends.
+    pub fn claim(&self) -> Option<u64> {
         if self.state() != WorkerState::HalfOpen {
-            return true;
+            return Some(0);
         }
-        self.probing
-            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
+        let ticket = self.probe_tickets.fetch_add(1, Ordering::Relaxed) + 1;
+        self.probe
+            .compare_exchange(0, ticket, Ordering::AcqRel, Ordering::Acquire)
+            .ok()
+            .map(|_| ticket)
+    }
+
+    /// The request holding probe `ticket` ended. If it settled nothing (its
+    /// client left, or it ended on a path that judges neither the worker nor
+    /// the request), free the slot so the next request probes; otherwise the
+    /// success or failure already did. A stale ticket changes nothing, so a
+    /// late release cannot free a newer probe's slot.
+    pub fn release_probe(&self, ticket: u64) {
+        if ticket != 0 {
+            let _ = self
+                .probe
+                .compare_exchange(ticket, 0, Ordering::AcqRel, Ordering::Relaxed);
+        }
     }
 
     pub fn is_healthy(&self) -> bool {
@@ -190,13 +234,13 @@ impl Worker {
             self.ejections.store(0, Ordering::Relaxed);
             tracing::info!(worker = %self.url, "worker recovered; circuit closed");
         }
-        self.probing.store(false, Ordering::Release);
+        self.probe.store(0, Ordering::Release);
     }
 
     /// A request to this worker failed (connect, reset, timeout, 5xx).
     /// Returns true if this failure ejected the worker.
     pub fn record_failure(&self, policy: &BreakerPolicy) -> bool {
-        let was_probe = self.probing.swap(false, Ordering::AcqRel);
+        let was_probe = self.probe.swap(0, Ordering::AcqRel) != 0;
         let n = self.request_failures.fetch_add(1, Ordering::Relaxed) + 1;
         if !was_probe && n < policy.failures_to_eject {
             return false;
@@ -220,14 +264,29 @@ impl Worker {
         true
     }
 
-    /// Store load figures scraped from the worker's /metrics.
-    pub fn record_load(&self, running: u32, waiting: u32, kv_usage: f64) {
+    /// Store load figures scraped from the worker's /metrics; `mark` was
+    /// taken before the scrape was sent.
+    ///
+    /// The worker counted our requests at some moment during the scrape, so
+    /// reading our in-flight count when the answer is back is not enough:
+    /// requests that ended in between were in the worker's count but not in
+    /// ours, and would pass for another replica's load until the next poll
+    /// (after a burst, up to the whole burst, steering traffic away from a
+    /// worker that is in fact idle). Our count now plus the requests that
+    /// ended since the mark bounds what we had there at that moment, so the
+    /// foreign load derived from it is never our own.
+    pub fn record_load(&self, mark: LoadMark, running: u32, waiting: u32, kv_usage: f64) {
+        let ended = self
+            .released
+            .load(Ordering::Acquire)
+            .saturating_sub(mark.released);
+        let ours = u64::from(self.in_flight()).saturating_add(ended);
         self.remote_running.store(running, Ordering::Relaxed);
         self.remote_waiting.store(waiting, Ordering::Relaxed);
         let kv = (kv_usage.clamp(0.0, 1.0) * 1000.0).round() as u32;
         self.kv_milli.store(kv, Ordering::Relaxed);
         self.in_flight_at_scrape
-            .store(self.in_flight(), Ordering::Relaxed);
+            .store(u32::try_from(ours).unwrap_or(u32::MAX), Ordering::Relaxed);
     }
 
     pub fn remote_waiting(&self) -> u32 {
@@ -241,6 +300,13 @@ impl Worker {
     /// Load the worker carries for other clients (other gateway replicas):
     /// its own running + waiting count at the last scrape, minus what this
     /// gateway had in flight there at that moment.
+    ///
+    /// The worker counts engine requests, and vLLM fans a request with `n`
+    /// choices or a batch of embedding inputs out into one per choice or
+    /// input; this gateway counts HTTP requests. Our own fan-out requests in
+    /// flight at a scrape therefore show up here as extra foreign load until
+    /// the next poll (a batch of 2 embedding inputs left 1 behind in
+    /// tests/endpoints.rs).
     pub fn foreign_load(&self) -> u32 {
         let total = self
             .remote_running
@@ -328,24 +394,65 @@ mod tests {
         std::thread::sleep(Duration::from_millis(50));
         assert_eq!(w.state(), WorkerState::HalfOpen);
         assert!(w.is_available());
-        assert!(w.claim());
+        let ticket = w.claim().unwrap();
+        assert_ne!(ticket, 0, "a probe");
         assert!(!w.is_available(), "only one probe at a time");
-        assert!(!w.claim());
+        assert_eq!(w.claim(), None);
         // The probe fails: ejected again, for twice as long.
         assert!(w.record_failure(&POLICY));
         std::thread::sleep(Duration::from_millis(50));
         assert_eq!(w.state(), WorkerState::Ejected, "second ejection is longer");
         std::thread::sleep(Duration::from_millis(50));
-        assert!(w.claim());
+        assert!(w.claim().is_some_and(|t| t != 0));
         w.record_success();
+        assert_eq!(w.claim(), Some(0), "closed: not a probe");
         assert_eq!(w.state(), WorkerState::Healthy);
+    }
+
+    #[test]
+    fn an_unsettled_probe_frees_its_slot_and_a_stale_ticket_does_not() {
+        let w = worker();
+        for _ in 0..3 {
+            w.record_failure(&POLICY);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        let first = w.claim().unwrap();
+        assert!(!w.is_available());
+        // Its client left: nothing was learned; the next request may probe.
+        w.release_probe(first);
+        assert!(w.is_available());
+        let second = w.claim().unwrap();
+        w.release_probe(first);
+        assert!(!w.is_available(), "an old ticket cannot free a new probe");
+        w.release_probe(second);
+        assert_eq!(w.state(), WorkerState::HalfOpen);
+        assert!(w.is_available());
+    }
+
+    #[test]
+    fn requests_that_end_during_a_scrape_are_not_taken_for_foreign_load() {
+        let w = worker();
+        w.in_flight.store(5, Ordering::Relaxed);
+        let mark = w.load_mark();
+        // The worker counts our 5 requests; they all end before its answer
+        // is back.
+        for _ in 0..5 {
+            w.end_request();
+        }
+        w.record_load(mark, 5, 0, 0.1);
+        assert_eq!(w.foreign_load(), 0);
+        // Another replica's 2 requests still count.
+        w.in_flight.store(1, Ordering::Relaxed);
+        let mark = w.load_mark();
+        w.record_load(mark, 3, 0, 0.1);
+        assert_eq!(w.foreign_load(), 2);
     }
 
     #[test]
     fn foreign_load_excludes_our_own_requests() {
         let w = worker();
         w.in_flight.store(3, Ordering::Relaxed);
-        w.record_load(5, 2, 0.5);
+        w.record_load(w.load_mark(), 5, 2, 0.5);
         assert_eq!(w.foreign_load(), 4);
         assert_eq!(w.effective_load(), 7);
         assert_eq!(w.kv_milli(), 500);

@@ -299,13 +299,17 @@ async fn stream(x: &mut Exchange<'_>, plan: &GenPlan, tracker: Tracker<'_>) -> R
     }
     tail.extend_from_slice(w.event(DONE_PAYLOAD));
     tail.extend_from_slice(LAST_CHUNK);
-    x.conn.write_all(&tail).await?;
+    // Generation is over: the request counts as completed before its last
+    // bytes go out, as vLLM counts it when the engine finishes it. Counted
+    // after the write, a client could read the whole answer and still see
+    // `completed` without it for a moment.
     drop(running);
     tracker.finish(Outcome::Completed {
         finishes: &finishes,
         prompt_tokens: plan.prompt_tokens,
         completion_tokens: completion,
     });
+    x.conn.write_all(&tail).await?;
     Ok(x.done())
 }
 
@@ -380,16 +384,17 @@ async fn full(x: &mut Exchange<'_>, plan: &GenPlan, tracker: Tracker<'_>) -> Res
         tracker.finish(Outcome::Faulted);
         return Ok(flow);
     }
-    let flow = x.send_json(200, &body).await;
-    if flow == Flow::Gone {
-        return Err(Gone);
-    }
+    // Completed before the answer goes out (see `stream`).
     let finishes: Vec<Finish> = plan.answers.iter().map(|a| a.finish).collect();
     tracker.finish(Outcome::Completed {
         finishes: &finishes,
         prompt_tokens: plan.prompt_tokens,
         completion_tokens: completion,
     });
+    let flow = x.send_json(200, &body).await;
+    if flow == Flow::Gone {
+        return Err(Gone);
+    }
     Ok(flow)
 }
 
@@ -441,28 +446,21 @@ pub(crate) async fn run_embedding(x: &mut Exchange<'_>, plan: EmbedPlan) -> Flow
         if x.faults.close_after_headers {
             x.fault();
             x.head_only(body.len()).await?;
-            return Ok::<_, Gone>((Flow::Close, true));
+            tracker.finish(Outcome::Faulted);
+            return Ok::<_, Gone>(Flow::Close);
         }
+        // Completed before the answer goes out (see `stream`).
+        tracker.finish(Outcome::Completed {
+            finishes: &[],
+            prompt_tokens: plan.prompt_tokens,
+            completion_tokens: 0,
+        });
         let flow = x.send_json(200, &body).await;
         if flow == Flow::Gone {
             return Err(Gone);
         }
-        Ok((flow, false))
+        Ok(flow)
     }
     .await;
-    match result {
-        Ok((flow, faulted)) => {
-            if faulted {
-                tracker.finish(Outcome::Faulted);
-            } else {
-                tracker.finish(Outcome::Completed {
-                    finishes: &[],
-                    prompt_tokens: plan.prompt_tokens,
-                    completion_tokens: 0,
-                });
-            }
-            flow
-        }
-        Err(Gone) => Flow::Gone,
-    }
+    result.unwrap_or(Flow::Gone)
 }

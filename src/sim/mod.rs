@@ -136,7 +136,8 @@ impl SimConfig {
 pub struct SimStats {
     /// Generation requests received (chat, completions, embeddings), valid or not.
     pub requests: u64,
-    /// Generation requests answered in full.
+    /// Generation requests answered in full (counted as the last bytes go
+    /// out, so a client that has its whole answer also sees it counted).
     pub completed: u64,
     /// Generation requests whose client went away before the answer was complete.
     pub aborted: u64,
