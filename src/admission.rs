@@ -297,6 +297,16 @@ pub fn check_content_type(session: &Session) -> Result<(), GatewayError> {
     }
 }
 
+/// `Expect: 100-continue` on an HTTP/1.1 request (RFC 9110 §10.1.1: an
+/// HTTP/1.0 client cannot understand a 100).
+fn expects_continue(session: &Session) -> bool {
+    let h = session.req_header();
+    h.version == http::Version::HTTP_11
+        && h.headers
+            .get("expect")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
 /// Read the whole request body, refusing more than `limit` bytes (Pingora has
 /// no body limit of its own, pingora.md §6) and more than `timeout` in total,
 /// so a slow client cannot hold a request open byte by byte.
@@ -313,6 +323,19 @@ pub async fn read_body(
         .and_then(|v| v.trim().parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(GatewayError::BodyTooLarge { limit });
+    }
+    if expects_continue(session) {
+        // The client holds its body back until told to send it (curl does
+        // for large bodies, waiting a second; some clients wait longer).
+        // Pingora never sends the 100 itself. A 100 is not "an answer before
+        // the body was read", so keep-alive must survive it.
+        let downstream = session.as_downstream_mut();
+        downstream.set_close_on_response_before_downstream_finish(false);
+        let sent = downstream.write_continue_response().await;
+        downstream.set_close_on_response_before_downstream_finish(true);
+        sent.map_err(|e| GatewayError::BodyRead {
+            reason: e.etype().as_str().to_string(),
+        })?;
     }
     let capacity = declared.map_or(16 * 1024, |n| n as usize);
     let read = async {
@@ -352,8 +375,6 @@ pub async fn read_body(
     };
     match tokio::time::timeout(timeout, read).await {
         Ok(r) => r,
-        Err(_) => Err(GatewayError::BodyTimeout {
-            seconds: timeout.as_secs(),
-        }),
+        Err(_) => Err(GatewayError::BodyTimeout { timeout }),
     }
 }

@@ -29,8 +29,8 @@ pub enum GatewayError {
     #[error("Request body is larger than the gateway's limit of {limit} bytes.")]
     BodyTooLarge { limit: usize },
 
-    #[error("The request body did not arrive within {seconds} seconds.")]
-    BodyTimeout { seconds: u64 },
+    #[error("The request body did not arrive within {}.", humantime::format_duration(*timeout))]
+    BodyTimeout { timeout: std::time::Duration },
 
     #[error("Request body could not be read: {reason}.")]
     BodyRead { reason: String },

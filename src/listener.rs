@@ -42,6 +42,14 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
+/// Longest a single write to a client may stay blocked. A client that stops
+/// reading its answer (or reads a few bytes a minute) fills the socket
+/// buffers; without a bound, the write, and with it the request and the
+/// worker's sequence slot behind it, would wait forever. When it fails, the
+/// exchange ends as for a client that left, and the worker's request is
+/// aborted. The same default as nginx's `send_timeout`.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Per-connection settings, read for every new connection (so a reload
 /// applies to new connections at once).
 #[derive(Debug, Clone, Copy)]
@@ -240,12 +248,22 @@ async fn serve_connection<A: HttpServerApp + Send + Sync + 'static>(
         if let Some(p) = persistent.take() {
             pingora_core::apps::HttpPersistentSettings::apply_to_session(p, &mut session);
         }
-        let last = served + 1 == settings.max_requests_per_connection;
-        session.set_keepalive(if last {
-            None
-        } else {
-            Some(settings.keepalive_idle_secs)
-        });
+        session.set_keepalive(Some(settings.keepalive_idle_secs));
+        // How many more requests this connection may serve after this one.
+        // Pingora re-derives keep-alive from the client's head after reading
+        // it (an HTTP/1.1 request turns it on), but it honours this count:
+        // at 0 the answer says `Connection: close` and the connection closes,
+        // so a client never sends a request into a closing connection.
+        session.set_keepalive_reuses_remaining(Some(
+            settings.max_requests_per_connection - served - 1,
+        ));
+        // Pipelined requests (sent before the previous answer was read,
+        // RFC 9112 §9.3.2) are served in order. Without this, Pingora reads
+        // a request that arrives while the previous one is being served as
+        // "data after the end of the body": the first request is abandoned
+        // unanswered and a byte of the second is lost.
+        session.set_pipelining_enabled(true);
+        session.set_write_timeout(Some(SEND_TIMEOUT));
         let head = Arc::new(HeadSignal::default());
         session.set_connection_user_context(Some(Box::new(Arc::clone(&head))));
         let deadline = tokio::time::Instant::now() + allowance;

@@ -195,6 +195,11 @@ impl ProxyHttp for Gateway {
         if let Err(e) = self.handle(session, ctx, &snapshot).await {
             self.respond_error(session, ctx, &e).await;
         }
+        if ctx.report.client_gone {
+            // The answer was cut short (or never written): whatever the
+            // connection holds next is not the start of a request.
+            session.set_keepalive(None);
+        }
         Ok(true)
     }
 

@@ -95,7 +95,8 @@ impl Drop for Serve {
 }
 
 /// Start a stream and wait for its first bytes; returns the task that reads
-/// the rest and reports whether the stream ended with [DONE].
+/// the rest and reports whether the stream completed: its answer finished
+/// (a `finish_reason`) and it ended with [DONE], with no error event.
 async fn open_stream(public: u16) -> tokio::task::JoinHandle<bool> {
     let r = client()
         .post(format!("http://127.0.0.1:{public}/v1/chat/completions"))
@@ -115,6 +116,8 @@ async fn open_stream(public: u16) -> tokio::task::JoinHandle<bool> {
             }
         }
         text.contains("data: [DONE]")
+            && text.contains("\"finish_reason\":\"")
+            && !text.contains("{\"error\"")
     })
 }
 
@@ -177,6 +180,8 @@ async fn streams_longer_than_the_grace_period_are_closed() {
         took >= Duration::from_millis(900),
         "exited before the grace period: {took:?}"
     );
+    // Cut at the end of the grace period: the connection breaks, or the
+    // client is told in-band that the answer stopped.
     assert!(
         !stream.await.unwrap(),
         "the 20 s stream cannot have completed"

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod openai;
+pub mod raw;
 
 use std::time::{Duration, Instant};
 

@@ -49,6 +49,12 @@ pub(crate) fn want_integer(v: &Value, path: &Path<'_>) -> VResult<i128> {
         return Ok(i128::from(u));
     }
     match n.as_f64() {
+        // An integer literal below i64::MIN arrives as an f64, and f64 rounds
+        // everything from -2^63 - 1024 up to -2^63 onto exactly i64::MIN, which
+        // would pass a range check Python (vLLM) does on the exact integer.
+        // Such an f64 cannot be told apart from the (pointless) float spelling
+        // -9223372036854775808.0, so both count as below i64::MIN.
+        Some(f) if f.fract() == 0.0 && f <= -(2f64.powi(63)) => Ok(i128::from(i64::MIN) - 1),
         // `as` saturates, so 1e300 becomes i128::MAX and fails the range check.
         Some(f) if f.fract() == 0.0 => Ok(f as i128),
         _ => Err(invalid_type(path, "an integer", v)),
@@ -266,6 +272,14 @@ mod tests {
         // Beyond u64 serde_json keeps an f64; it saturates and then fails ranges.
         let huge: Value = serde_json::from_str("1e300").unwrap_or(Value::Null);
         assert_eq!(want_integer(&huge, &p).ok(), Some(i128::MAX));
+        // Just below i64::MIN: the f64 rounds onto i64::MIN, yet the value is
+        // out of i64 range (vLLM's seed, priority...).
+        let below: Value = serde_json::from_str("-9223372036854775809").unwrap_or(Value::Null);
+        assert!(int_in(&below, &p, i128::from(i64::MIN), 0).is_err());
+        assert_eq!(
+            want_integer(&json!(i64::MIN), &p).ok(),
+            Some(i128::from(i64::MIN))
+        );
     }
 
     #[test]
