@@ -11,6 +11,7 @@ use http::{Response, StatusCode};
 use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 
+use crate::listener::HeadSignal;
 use crate::state::Shared;
 
 pub struct AdminApp {
@@ -46,6 +47,14 @@ impl AdminApp {
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        // The head was read: stop the accept loop's header-read deadline
+        // for this request (see listener.rs).
+        if let Some(head) = session
+            .take_connection_user_context()
+            .and_then(|c| c.downcast::<Arc<HeadSignal>>().ok())
+        {
+            head.mark_read();
+        }
         let (method, path) = {
             let h = session.req_header();
             (h.method.clone(), h.uri.path().to_string())

@@ -75,6 +75,24 @@ pub enum GatewayError {
     #[error("The worker for model `{model}` could not be reached.")]
     UpstreamUnavailable { model: String },
 
+    #[error("The worker for model `{model}` failed (status {status}): {message}")]
+    UpstreamFailed {
+        model: String,
+        status: u16,
+        message: String,
+    },
+
+    /// The worker refused the request (a 4xx of its own), in OpenAI's shape.
+    #[error("{message}")]
+    WorkerRejected {
+        status: u16,
+        message: String,
+        param: Option<String>,
+    },
+
+    #[error("The worker for model `{model}` sent an answer larger than the gateway accepts ({limit} bytes).")]
+    ResponseTooLarge { model: String, limit: usize },
+
     #[error("The worker for model `{model}` sent an invalid response.")]
     UpstreamProtocol { model: String },
 
@@ -119,7 +137,8 @@ impl GatewayError {
             | InvalidRequest { .. }
             | BodyRead { .. } => 400,
             NoHealthyWorker { .. } | ShuttingDown | UpstreamUnavailable { .. } => 503,
-            UpstreamProtocol { .. } => 502,
+            UpstreamProtocol { .. } | UpstreamFailed { .. } | ResponseTooLarge { .. } => 502,
+            WorkerRejected { status, .. } => *status,
             UpstreamTimeout { .. } => 504,
             Internal => 500,
         }
@@ -136,6 +155,8 @@ impl GatewayError {
             | ShuttingDown
             | UpstreamUnavailable { .. }
             | UpstreamProtocol { .. }
+            | UpstreamFailed { .. }
+            | ResponseTooLarge { .. }
             | UpstreamTimeout { .. }
             | Internal => "server_error",
             _ => "invalid_request_error",
@@ -163,6 +184,9 @@ impl GatewayError {
             ShuttingDown => Some("shutting_down"),
             UpstreamUnavailable { .. } => Some("upstream_unavailable"),
             UpstreamProtocol { .. } => Some("upstream_protocol_error"),
+            UpstreamFailed { .. } => Some("upstream_error"),
+            WorkerRejected { .. } => None,
+            ResponseTooLarge { .. } => Some("upstream_response_too_large"),
             UpstreamTimeout { .. } => Some("upstream_timeout"),
             Internal => None,
         }
@@ -171,7 +195,7 @@ impl GatewayError {
     pub fn param(&self) -> Option<&str> {
         use GatewayError::*;
         match self {
-            InvalidRequest { param, .. } => param.as_deref(),
+            InvalidRequest { param, .. } | WorkerRejected { param, .. } => param.as_deref(),
             ModelNotFound { .. } => Some("model"),
             _ => None,
         }
@@ -213,6 +237,9 @@ impl GatewayError {
             ShuttingDown => "shutting_down",
             UpstreamUnavailable { .. } => "upstream_unavailable",
             UpstreamProtocol { .. } => "upstream_protocol",
+            UpstreamFailed { .. } => "upstream_failed",
+            WorkerRejected { .. } => "worker_rejected",
+            ResponseTooLarge { .. } => "response_too_large",
             UpstreamTimeout { .. } => "upstream_timeout",
             Internal => "internal",
         }

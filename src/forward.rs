@@ -72,6 +72,12 @@ pub trait ResponseTap: Send {
     fn first_token_seen(&self) -> bool {
         true
     }
+    /// The stream broke its framing (an event that is neither JSON nor
+    /// `[DONE]`, an oversized event): it is ended with an in-band error
+    /// rather than passed on for the client's parser to choke on.
+    fn malformed(&self) -> bool {
+        false
+    }
 }
 
 /// Forwards every byte untouched.
@@ -225,71 +231,319 @@ pub async fn exchange(
             }
         }
     };
-    let Answer {
-        up: mut upstream,
-        first,
-        ended,
-    } = answer;
-
-    // The answer head. From here on nothing is retried: bytes reach the client.
-    let Some(head) = upstream.resp_header() else {
+    let Some(head) = answer.up.resp_header() else {
         return Err(GatewayError::UpstreamProtocol {
             model: pool.model.to_string(),
         });
     };
-    let status = head.status.as_u16();
     let is_sse = head
         .headers
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.trim_start().starts_with("text/event-stream"));
     report.is_sse = is_sse;
-    tap.on_head(status, is_sse);
-    let http11 = session.req_header().version == http::Version::HTTP_11;
-    let client_head = client_response_head(head, req, is_sse, http11)?;
-    if session
-        .write_response_header(Box::new(client_head), false)
+    let relayed = if is_sse {
+        stream_answer(
+            session,
+            pool,
+            req,
+            tap,
+            report,
+            answer,
+            &reservation,
+            deadline,
+        )
         .await
-        .is_err()
-    {
-        report.client_gone = true;
-        return Ok(());
-    }
-    report.status = status;
-    report.first_byte = Some(Instant::now());
-    if status >= 500 {
-        // The worker's own error goes to the client, and counts against it.
-        report.upstream_errors.push("status_5xx");
-        reservation.worker.record_failure(&pool.policy.breaker);
-    }
-    if let Some(chunk) = first {
-        if relay(session, req, tap, report, chunk).await.is_err() {
-            return Ok(());
-        }
-    }
+    } else {
+        whole_answer(
+            session,
+            pool,
+            req,
+            tap,
+            report,
+            answer,
+            &reservation,
+            deadline,
+        )
+        .await
+    };
+    let upstream = match relayed {
+        Ok(Some(up)) => up,
+        Ok(None) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    // The worker sent its whole answer: it is done with this request, so its
+    // slot is given back now, and its connection can serve the next request.
+    let peer = &pool.members[reservation.index].peer;
+    drop(reservation);
+    connector
+        .release_http_session(upstream, peer, Some(t.keepalive_idle))
+        .await;
+    Ok(())
+}
 
-    let idle = t.idle;
-    let mut idle_sleep = pin!(tokio::time::sleep(idle));
-    let mut total_sleep = pin!(sleep_until(deadline));
-    // A stream that ended with its first read has nothing left to read.
+/// A JSON answer is read whole before any of it goes out (answers are
+/// small, and vLLM sends them in one piece when generation ends), so a worker
+/// that breaks, stalls or sends too much still gets its client a clean
+/// OpenAI error, a worker's own error is rewritten into OpenAI's shape, and
+/// head and body leave in one write. Returns the upstream session to pool
+/// when it was read to its end; `Err` when nothing was sent.
+#[allow(clippy::too_many_arguments)]
+async fn whole_answer(
+    session: &mut Session,
+    pool: &WorkerPool,
+    req: &UpstreamRequest,
+    tap: &mut dyn ResponseTap,
+    report: &mut ExchangeReport,
+    answer: Answer,
+    reservation: &Reservation,
+    deadline: TokioInstant,
+) -> Result<Option<UpstreamSession>, GatewayError> {
+    let Answer {
+        up: mut upstream,
+        first,
+        ended,
+    } = answer;
+    let limit = pool.policy.max_response_bytes;
+    let model = || pool.model.to_string();
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut total = 0usize;
+    if let Some(c) = first {
+        total += c.len();
+        chunks.push(c);
+    }
     if !ended {
+        let idle = pool.timeouts.idle;
+        let mut idle_sleep = pin!(tokio::time::sleep(idle));
         loop {
             tokio::select! {
                 biased;
                 read = upstream.read_body_bytes() => match read {
                     Ok(Some(chunk)) => {
                         idle_sleep.as_mut().reset(TokioInstant::now() + idle);
-                        if relay(session, req, tap, report, chunk).await.is_err() {
-                            return Ok(());
+                        total += chunk.len();
+                        if total > limit {
+                            report.upstream_errors.push("response_too_large");
+                            reservation.worker.record_failure(&pool.policy.breaker);
+                            return Err(GatewayError::ResponseTooLarge { model: model(), limit });
+                        }
+                        chunks.push(chunk);
+                    }
+                    Ok(None) => break,
+                    Err(_) => {
+                        report.upstream_errors.push("reset");
+                        reservation.worker.record_failure(&pool.policy.breaker);
+                        return Err(GatewayError::UpstreamProtocol { model: model() });
+                    }
+                },
+                gone = session.as_downstream_mut().read_body_or_idle(true) => {
+                    let _ = gone;
+                    report.client_gone = true;
+                    return Ok(None);
+                }
+                () = &mut idle_sleep => {
+                    report.upstream_errors.push("timeout");
+                    reservation.worker.record_failure(&pool.policy.breaker);
+                    return Err(GatewayError::UpstreamTimeout { model: model(), phase: "idle" });
+                }
+                () = sleep_until(deadline) => {
+                    report.upstream_errors.push("timeout");
+                    return Err(GatewayError::UpstreamTimeout { model: model(), phase: "request timeout" });
+                }
+            }
+        }
+    }
+    let Some(head) = upstream.resp_header() else {
+        return Err(GatewayError::UpstreamProtocol { model: model() });
+    };
+    let status = head.status.as_u16();
+    let body = join(chunks, total);
+    if status >= 400 {
+        // The worker refused or failed: answer in OpenAI's shape
+        // (vLLM's own error bodies carry an integer `code`, vllm.md §6).
+        let worker = worker_error(&body);
+        let e = if status >= 500 || status == 401 || status == 403 {
+            report.upstream_errors.push("status_5xx");
+            if status >= 500 {
+                reservation.worker.record_failure(&pool.policy.breaker);
+            }
+            GatewayError::UpstreamFailed {
+                model: model(),
+                status,
+                message: worker.message,
+            }
+        } else {
+            reservation.worker.record_success();
+            GatewayError::WorkerRejected {
+                status,
+                message: worker.message,
+                param: worker.param,
+            }
+        };
+        return Err(e);
+    }
+    reservation.worker.record_success();
+    tap.on_head(status, false);
+    let arrived = Instant::now();
+    let out = tap.on_chunk(body);
+    report.tap_time += arrived.elapsed();
+    let http11 = session.req_header().version == http::Version::HTTP_11;
+    let mut client_head = client_response_head(head, req, false, http11)?;
+    client_head
+        .insert_header("content-length", out.len().to_string())
+        .map_err(|_| GatewayError::Internal)?;
+    let _ = client_head.remove_header("transfer-encoding");
+    if session
+        .write_response_header(Box::new(client_head), false)
+        .await
+        .is_err()
+    {
+        report.client_gone = true;
+        return Ok(Some(upstream));
+    }
+    report.status = status;
+    report.first_byte = Some(Instant::now());
+    report.first_token = report.first_byte;
+    if session.write_response_body(Some(out), true).await.is_err() {
+        report.client_gone = true;
+    }
+    Ok(Some(upstream))
+}
+
+fn join(chunks: Vec<Bytes>, total: usize) -> Bytes {
+    match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.into_iter().next().unwrap_or_default(),
+        _ => {
+            let mut all = bytes::BytesMut::with_capacity(total);
+            for c in chunks {
+                all.extend_from_slice(&c);
+            }
+            all.freeze()
+        }
+    }
+}
+
+/// What a worker said in its error body: vLLM's `{"error":{"message",
+/// "param",...}}`, FastAPI's `{"detail": ...}`, or plain text.
+struct WorkerError {
+    message: String,
+    param: Option<String>,
+}
+
+fn worker_error(body: &[u8]) -> WorkerError {
+    let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    let error = parsed.as_ref().and_then(|v| v.get("error"));
+    let message = error
+        .and_then(|e| e.get("message").or(Some(e)))
+        .and_then(|m| m.as_str())
+        .or_else(|| {
+            parsed
+                .as_ref()
+                .and_then(|v| v.get("detail"))
+                .and_then(|d| d.as_str())
+        })
+        .map(str::to_string)
+        .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned());
+    let param = error
+        .and_then(|e| e.get("param"))
+        .and_then(|p| p.as_str())
+        .map(str::to_string);
+    WorkerError {
+        message: crate::proxy::truncate(message.trim(), 500),
+        param,
+    }
+}
+
+/// A stream goes to the client event by event, as the worker writes it.
+/// Returns the upstream session to pool when it was read to its end.
+#[allow(clippy::too_many_arguments)]
+async fn stream_answer(
+    session: &mut Session,
+    pool: &WorkerPool,
+    req: &UpstreamRequest,
+    tap: &mut dyn ResponseTap,
+    report: &mut ExchangeReport,
+    answer: Answer,
+    reservation: &Reservation,
+    deadline: TokioInstant,
+) -> Result<Option<UpstreamSession>, GatewayError> {
+    let Answer {
+        up: mut upstream,
+        first,
+        ended,
+    } = answer;
+    let Some(head) = upstream.resp_header() else {
+        return Err(GatewayError::UpstreamProtocol {
+            model: pool.model.to_string(),
+        });
+    };
+    let status = head.status.as_u16();
+    tap.on_head(status, true);
+    let http11 = session.req_header().version == http::Version::HTTP_11;
+    let client_head = client_response_head(head, req, true, http11)?;
+    if session
+        .write_response_header(Box::new(client_head), false)
+        .await
+        .is_err()
+    {
+        report.client_gone = true;
+        return Ok(None);
+    }
+    report.status = status;
+    report.first_byte = Some(Instant::now());
+    if status >= 500 {
+        report.upstream_errors.push("status_5xx");
+        reservation.worker.record_failure(&pool.policy.breaker);
+    }
+    let limit = pool.policy.max_response_bytes;
+    let mut total = 0usize;
+    if let Some(chunk) = first {
+        total += chunk.len();
+        match relay(session, req, tap, report, chunk).await {
+            Relayed::Sent => {}
+            Relayed::ClientGone => return Ok(None),
+            Relayed::Malformed => {
+                reservation.worker.record_failure(&pool.policy.breaker);
+                fail_mid_answer(session, tap, report, "malformed", MALFORMED).await;
+                return Ok(None);
+            }
+        }
+    }
+    if !ended {
+        let idle = pool.timeouts.idle;
+        let mut idle_sleep = pin!(tokio::time::sleep(idle));
+        let mut total_sleep = pin!(sleep_until(deadline));
+        loop {
+            tokio::select! {
+                biased;
+                read = upstream.read_body_bytes() => match read {
+                    Ok(Some(chunk)) => {
+                        idle_sleep.as_mut().reset(TokioInstant::now() + idle);
+                        total += chunk.len();
+                        if total > limit {
+                            reservation.worker.record_failure(&pool.policy.breaker);
+                            fail_mid_answer(session, tap, report, "response_too_large",
+                                "The worker's answer grew larger than the gateway accepts.").await;
+                            return Ok(None);
+                        }
+                        match relay(session, req, tap, report, chunk).await {
+                            Relayed::Sent => {}
+                            Relayed::ClientGone => return Ok(None),
+                            Relayed::Malformed => {
+                                reservation.worker.record_failure(&pool.policy.breaker);
+                                fail_mid_answer(session, tap, report, "malformed", MALFORMED).await;
+                                return Ok(None);
+                            }
                         }
                     }
                     Ok(None) => break,
                     Err(e) => {
                         let kind = if e.etype() == &pingora_error::ErrorType::ReadTimedout { "timeout" } else { "reset" };
                         reservation.worker.record_failure(&pool.policy.breaker);
-                        fail_mid_answer(session, tap, report, is_sse, kind,
+                        fail_mid_answer(session, tap, report, kind,
                             "The worker stopped sending the answer before it was complete.").await;
-                        return Ok(());
+                        return Ok(None);
                     }
                 },
                 gone = session.as_downstream_mut().read_body_or_idle(true) => {
@@ -297,37 +551,27 @@ pub async fn exchange(
                     // anything here as the client going away.
                     let _ = gone;
                     report.client_gone = true;
-                    return Ok(());
+                    return Ok(None);
                 }
                 () = &mut idle_sleep => {
                     reservation.worker.record_failure(&pool.policy.breaker);
-                    fail_mid_answer(session, tap, report, is_sse, "timeout",
+                    fail_mid_answer(session, tap, report, "timeout",
                         "The worker went silent in the middle of the answer.").await;
-                    return Ok(());
+                    return Ok(None);
                 }
                 () = &mut total_sleep => {
-                    fail_mid_answer(session, tap, report, is_sse, "timeout",
+                    fail_mid_answer(session, tap, report, "timeout",
                         "The answer took longer than the gateway's request timeout.").await;
-                    return Ok(());
+                    return Ok(None);
                 }
             }
         }
     }
-
-    // The worker sent its whole answer: it is done with this request, so
-    // its slot is given back now, not after the client has the last bytes
-    // (a client that already has its answer must not find it still counted
-    // against the worker when it sends the next one), and the breaker hears
-    // that the worker answered, whatever happens on the client's side.
+    // The worker's whole answer arrived; the breaker hears that it
+    // answered, whatever happens on the client's side.
     if status < 500 {
         reservation.worker.record_success();
     }
-    let peer = &pool.members[reservation.index].peer;
-    drop(reservation);
-    // The whole answer was read: the connection can serve the next request.
-    connector
-        .release_http_session(upstream, peer, Some(t.keepalive_idle))
-        .await;
     let rest = tap.on_end();
     let finished = if rest.is_empty() {
         session.write_response_body(None, true).await
@@ -337,27 +581,38 @@ pub async fn exchange(
     if finished.is_err() {
         report.client_gone = true;
     }
-    Ok(())
+    Ok(Some(upstream))
 }
 
-/// Pass one upstream body chunk through the tap to the client. Err: the
-/// client is gone (recorded in the report).
+const MALFORMED: &str = "The worker sent a malformed event stream.";
+
+/// What happened to one chunk of a stream.
+enum Relayed {
+    Sent,
+    ClientGone,
+    /// The chunk broke the stream's framing; nothing of it was sent.
+    Malformed,
+}
+
 async fn relay(
     session: &mut Session,
     req: &UpstreamRequest,
     tap: &mut dyn ResponseTap,
     report: &mut ExchangeReport,
     chunk: Bytes,
-) -> Result<(), ()> {
+) -> Relayed {
     let arrived = Instant::now();
     let out = tap.on_chunk(chunk);
     let scanned = Instant::now();
     report.tap_time += scanned - arrived;
+    if tap.malformed() {
+        return Relayed::Malformed;
+    }
     if report.first_token.is_none() && tap.first_token_seen() {
         report.first_token = Some(scanned);
     }
     if out.is_empty() {
-        return Ok(());
+        return Relayed::Sent;
     }
     if let (Some(h), Some(prev), Some(_)) =
         (&req.gap_histogram, report.last_write, report.first_token)
@@ -367,9 +622,9 @@ async fn relay(
     report.last_write = Some(scanned);
     if session.write_response_body(Some(out), false).await.is_err() {
         report.client_gone = true;
-        return Err(());
+        return Relayed::ClientGone;
     }
-    Ok(())
+    Relayed::Sent
 }
 
 /// One try on one worker: connect, send, wait for the head and, for a
@@ -568,32 +823,32 @@ fn client_response_head(
     Ok(h)
 }
 
-/// The answer broke after its head went out. An SSE client gets an in-band
-/// error event and `[DONE]`, which the official SDKs raise as an `APIError`
-/// (chat-completions.md §4); any other answer can only be cut, by closing the
-/// connection, so the client sees a truncated body rather than a wrong one.
+/// A stream broke after its head went out: the client gets an in-band error
+/// event and `[DONE]`, the way vLLM reports in-stream errors, which the
+/// official SDKs raise as an `APIError` (chat-completions.md §4, vllm.md §5).
 async fn fail_mid_answer(
     session: &mut Session,
     tap: &mut dyn ResponseTap,
     report: &mut ExchangeReport,
-    is_sse: bool,
     kind: &'static str,
     message: &str,
 ) {
     report.failed_mid_answer = Some(kind);
     report.upstream_errors.push(kind);
     session.set_keepalive(None);
-    if is_sse {
-        let held = tap.on_end();
-        let mut out = Vec::with_capacity(held.len() + 160);
-        out.extend_from_slice(&held);
-        out.extend_from_slice(&in_band_error(message));
-        let _ = session
-            .write_response_body(Some(Bytes::from(out)), true)
-            .await;
+    // Events the scanner held back are complete ones; a malformed or cut
+    // tail was never forwarded.
+    let held = if kind == "malformed" {
+        Bytes::new()
     } else {
-        session.as_downstream_mut().shutdown().await;
-    }
+        tap.on_end()
+    };
+    let mut out = Vec::with_capacity(held.len() + 160);
+    out.extend_from_slice(&held);
+    out.extend_from_slice(&in_band_error(message));
+    let _ = session
+        .write_response_body(Some(Bytes::from(out)), true)
+        .await;
 }
 
 /// `data: {"error":{...}}` then `data: [DONE]`.

@@ -183,6 +183,7 @@ pub fn start(config: Config, options: StartOptions) -> Result<GatewayHandle, Sta
                 header_read_timeout: s.header_read_timeout,
                 max_requests_per_connection: s.max_requests_per_connection,
                 max_connections: s.max_connections,
+                send_timeout: s.send_timeout,
             }
         })
     };
@@ -192,6 +193,7 @@ pub fn start(config: Config, options: StartOptions) -> Result<GatewayHandle, Sta
         header_read_timeout: Duration::from_secs(10),
         max_requests_per_connection: 10_000,
         max_connections: 256,
+        send_timeout: Duration::from_secs(60),
     });
     let proxy = Arc::new(pingora_proxy::http_proxy(
         &server.configuration,

@@ -42,14 +42,6 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-/// Longest a single write to a client may stay blocked. A client that stops
-/// reading its answer (or reads a few bytes a minute) fills the socket
-/// buffers; without a bound, the write, and with it the request and the
-/// worker's sequence slot behind it, would wait forever. When it fails, the
-/// exchange ends as for a client that left, and the worker's request is
-/// aborted. The same default as nginx's `send_timeout`.
-pub const SEND_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// Per-connection settings, read for every new connection (so a reload
 /// applies to new connections at once).
 #[derive(Debug, Clone, Copy)]
@@ -61,6 +53,10 @@ pub struct ConnectionSettings {
     pub max_requests_per_connection: u32,
     /// Connections beyond this are closed as soon as they are accepted.
     pub max_connections: usize,
+    /// A write to the client that makes no progress for this long fails,
+    /// so a client that stops reading cannot hold its request (and a worker's
+    /// slot) forever.
+    pub send_timeout: Duration,
 }
 
 /// Where a listener reads its current settings.
@@ -263,7 +259,7 @@ async fn serve_connection<A: HttpServerApp + Send + Sync + 'static>(
         // "data after the end of the body": the first request is abandoned
         // unanswered and a byte of the second is lost.
         session.set_pipelining_enabled(true);
-        session.set_write_timeout(Some(SEND_TIMEOUT));
+        session.set_write_timeout(Some(settings.send_timeout));
         let head = Arc::new(HeadSignal::default());
         session.set_connection_user_context(Some(Box::new(Arc::clone(&head))));
         let deadline = tokio::time::Instant::now() + allowance;

@@ -161,6 +161,10 @@ impl ResponseTap for AnswerMeter {
             _ => true,
         }
     }
+
+    fn malformed(&self) -> bool {
+        matches!(&self.body, Body::Sse(scanner) if scanner.malformed())
+    }
 }
 
 #[cfg(test)]

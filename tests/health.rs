@@ -98,8 +98,11 @@ async fn failing_requests_eject_a_worker_with_backoff_and_a_probe_restores_it() 
     s.set_faults(failing(500));
     for _ in 0..3 {
         let (status, _, body) = post_chat(&gw, &chat_body(json!({}))).await;
-        // The worker's own 500 reaches the client; it counts against it.
-        assert_eq!(status, 500, "{body}");
+        // The worker's 500 reaches the client as an OpenAI-shaped 502 with
+        // the worker's message; it counts against the worker.
+        assert_eq!(status, 502, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["error"]["code"], "upstream_error", "{body}");
     }
     let ejected_at = Instant::now();
     assert_eq!(
@@ -130,7 +133,7 @@ async fn failing_requests_eject_a_worker_with_backoff_and_a_probe_restores_it() 
     wait_state(&gw, &s.url(), "half_open", Duration::from_secs(10)).await;
     assert!(ejected_at.elapsed() >= Duration::from_millis(300));
     let (status, _, _) = post_chat(&gw, &chat_body(json!({}))).await;
-    assert_eq!(status, 500);
+    assert_eq!(status, 502);
     let again_at = Instant::now();
     assert_eq!(
         reported_state(&gw, &s.url()).await.as_deref(),
@@ -174,7 +177,7 @@ async fn an_abandoned_probe_does_not_leave_the_worker_out_for_good() {
     .await;
     s.set_faults(failing(500));
     let (status, _, _) = post_chat(&gw, &chat_body(json!({}))).await;
-    assert_eq!(status, 500);
+    assert_eq!(status, 502);
     s.set_faults(FaultPlan::default());
     wait_state(&gw, &s.url(), "half_open", Duration::from_secs(10)).await;
 

@@ -1125,3 +1125,37 @@ async fn too_many_messages_get_400() {
     expect_400s(&gw, &[("5 messages", body(5), "array_above_max_length")]).await;
     still_serves(&gw).await;
 }
+
+/// A client that stops reading its answer: the gateway's writes block once
+/// the socket buffers fill; after `send_timeout` the exchange ends as for a
+/// departed client, and the worker's request is aborted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_dropped_after_send_timeout() {
+    let s = sim_with(|c| {
+        c.ttft = Duration::from_millis(1);
+        c.itl = Duration::ZERO;
+        // Far more than the socket buffers hold, at full speed.
+        c.output_tokens = (200_000, 200_000);
+        c.max_model_len = 1_000_000;
+    });
+    let gw = start(&config_text(
+        &[s.url()],
+        "max_response_bytes = 1000000000",
+        "send_timeout = \"500ms\"",
+    ));
+    wait_ready(&gw).await;
+    let mut c = RawConn::connect(gw.public_addr).await;
+    c.send(&chat_request(
+        br#"{"model":"test-model","stream":true,"messages":[{"role":"user","content":"go"}]}"#,
+    ))
+    .await
+    .unwrap();
+    // Never read. The worker's request ends (aborted) once the gateway's
+    // write has been stuck for send_timeout.
+    wait_until(Duration::from_secs(20), || async { s.stats().aborted == 1 })
+        .await
+        .expect("the stuck client's request was aborted on the worker");
+    assert_eq!(s.stats().running, 0);
+    drop(c);
+    still_serves(&gw).await;
+}

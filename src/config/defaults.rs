@@ -31,6 +31,9 @@ pub const KEEPALIVE_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const MAX_REQUESTS_PER_CONNECTION: u32 = 1000;
 /// Concurrent client connections; more are accepted and closed at once.
 pub const MAX_CONNECTIONS: usize = 16384;
+/// A write to a client that makes no progress for this long fails (nginx's
+/// send_timeout): a client that stops reading cannot hold a request forever.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 /// Largest request head, counting every header name and value (431 beyond).
 pub const MAX_HEADER_BYTES: usize = 32 * 1024;
 /// Most request headers (431 beyond).
@@ -57,6 +60,9 @@ pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 pub const UNHEALTHY_AFTER: u32 = 2;
 pub const HEALTHY_AFTER: u32 = 2;
 pub const MAX_RETRIES: u32 = 2;
+/// Largest answer accepted from a worker. Chat answers are kilobytes; a big
+/// embeddings batch is megabytes; anything beyond this is a broken worker.
+pub const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 pub const FAILURES_TO_EJECT: u32 = 3;
 pub const EJECTION_BASE: Duration = Duration::from_secs(5);
 pub const EJECTION_MAX: Duration = Duration::from_secs(120);

@@ -127,6 +127,7 @@ pub struct ServerConfig {
     pub json: JsonLimits,
     pub header_read_timeout: Duration,
     pub keepalive_idle_timeout: Duration,
+    pub send_timeout: Duration,
     pub max_requests_per_connection: u32,
     pub max_connections: usize,
     pub max_header_bytes: usize,
@@ -159,6 +160,8 @@ pub struct PoolPolicy {
     pub max_waiting: Option<u32>,
     pub max_retries: u32,
     pub breaker: BreakerPolicy,
+    /// Largest answer accepted from a worker (JSON or stream).
+    pub max_response_bytes: usize,
 }
 
 /// Circuit breaker over request outcomes (passive health).
@@ -380,6 +383,12 @@ fn server_from_raw(raw: RawServer, issues: &mut Issues) -> Option<ServerConfig> 
         defaults::KEEPALIVE_IDLE_TIMEOUT,
         issues,
     );
+    let send_timeout = duration(
+        "server.send_timeout",
+        raw.send_timeout.as_deref(),
+        defaults::SEND_TIMEOUT,
+        issues,
+    );
     let mut at_least_one = |key: &str, v: Option<usize>, default: usize| match v {
         Some(0) => {
             issues.push(key, "must be at least 1");
@@ -414,6 +423,7 @@ fn server_from_raw(raw: RawServer, issues: &mut Issues) -> Option<ServerConfig> 
         json,
         header_read_timeout,
         keepalive_idle_timeout,
+        send_timeout,
         max_requests_per_connection,
         max_connections,
         max_header_bytes,
@@ -517,6 +527,17 @@ fn model_from_raw(key: &str, raw: RawModel, issues: &mut Issues) -> Option<Model
         },
         max_waiting: raw.max_waiting,
         max_retries: raw.max_retries.unwrap_or(defaults::MAX_RETRIES),
+        max_response_bytes: match raw.max_response_bytes {
+            Some(0) => {
+                issues.push(
+                    format!("{key}.max_response_bytes"),
+                    "must be greater than 0",
+                );
+                defaults::MAX_RESPONSE_BYTES
+            }
+            Some(n) => n,
+            None => defaults::MAX_RESPONSE_BYTES,
+        },
         breaker: BreakerPolicy {
             failures_to_eject: positive(
                 &format!("{key}.failures_to_eject"),

@@ -82,6 +82,14 @@ impl RunningUsage {
     }
 }
 
+/// The last byte of `data` that is not JSON whitespace.
+fn last_non_ws(data: &[u8]) -> Option<u8> {
+    data.iter()
+        .rev()
+        .copied()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+}
+
 impl StreamFacts {
     /// Records one complete event (its raw bytes, terminator included). Returns true when it is
     /// the usage-only chunk, the one `UsageMode::StripUsageChunk` removes.
@@ -97,8 +105,10 @@ impl StreamFacts {
             self.done = true;
             return false;
         }
-        if data.get(skip_ws(data, 0)) != Some(&b'{') {
-            // Every chunk is one JSON object (chat-completions.md §4); the client would fail on this.
+        if data.get(skip_ws(data, 0)) != Some(&b'{') || last_non_ws(data) != Some(b'}') {
+            // Every chunk is one JSON object (chat-completions.md §4); the client would fail on
+            // this. Checking both ends is O(1) and catches the usual breakage, an event cut short
+            // (a full parse of every event would cost what the scanner exists to avoid).
             self.malformed = true;
             return false;
         }
@@ -383,6 +393,20 @@ mod tests {
             assert_eq!(facts.error, None, "{falsy}");
             assert!(!facts.malformed, "{falsy}");
         }
+    }
+
+    #[test]
+    fn a_truncated_object_is_malformed() {
+        let mut scratch = Vec::new();
+        let mut facts = StreamFacts::default();
+        facts.on_event(
+            b"data: {\"choices\":[{\"delta\":{\"content\":\" bro\n\n",
+            &mut scratch,
+        );
+        assert!(facts.malformed);
+        let mut facts = StreamFacts::default();
+        facts.on_event(b"data: {\"choices\":[]} \n\n", &mut scratch);
+        assert!(!facts.malformed);
     }
 
     #[test]
