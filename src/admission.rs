@@ -20,7 +20,7 @@ use crate::request::{
     parse_body, resolve_limit, rewrite_bytes, tokens, validate_chat, BodyError, ChatFacts,
     ClampReason, Invalid, LimitDecision, LimitError, LimitPolicy, LimitSource, RewritePlan,
 };
-use crate::state::{Shared, Snapshot};
+use crate::state::Snapshot;
 
 /// How long the gateway waits for a worker's exact prompt count before it
 /// falls back to letting the worker judge the context itself.
@@ -112,11 +112,7 @@ fn pool_for<'s>(
 }
 
 /// Admit a `/v1/chat/completions` body.
-pub async fn chat(
-    shared: &Shared,
-    snapshot: &Snapshot,
-    body: Bytes,
-) -> Result<Admitted, GatewayError> {
+pub async fn chat(snapshot: &Snapshot, body: Bytes) -> Result<Admitted, GatewayError> {
     let value = parse_body(&body, &snapshot.config.server.json)?;
     let (pool, model) = pool_for(snapshot, &value)?;
     let facts = validate_chat(&value, &model.validation)?;
@@ -125,7 +121,7 @@ pub async fn chat(
     policy.max_model_len = policy
         .max_model_len
         .or_else(|| pool.reported_max_model_len());
-    let (decision, note) = decide_limit(shared, &pool, &facts, &policy, &value).await?;
+    let (decision, note) = decide_limit(&pool, &facts, &policy, &value).await?;
 
     let estimate = tokens::estimate(&facts, CHARS_PER_TOKEN);
     let max_output = decision
@@ -161,7 +157,6 @@ pub async fn chat(
 /// count, because clamping or refusing on an estimate would be wrong one way
 /// or the other.
 async fn decide_limit(
-    shared: &Shared,
     pool: &WorkerPool,
     facts: &ChatFacts,
     policy: &LimitPolicy,
@@ -179,7 +174,7 @@ async fn decide_limit(
             }
         }
     }
-    match exact_prompt_tokens(shared, pool, body).await {
+    match exact_prompt_tokens(pool, body).await {
         Some(exact) => Ok((
             resolve_limit(facts, policy, Some(exact))?,
             Some("exact_prompt_count"),
@@ -194,7 +189,7 @@ async fn decide_limit(
 }
 
 /// The prompt's exact token count from a worker's `/tokenize` (vllm.md §7).
-async fn exact_prompt_tokens(shared: &Shared, pool: &WorkerPool, body: &Value) -> Option<u64> {
+async fn exact_prompt_tokens(pool: &WorkerPool, body: &Value) -> Option<u64> {
     let member = pool.members.iter().find(|m| m.worker.is_available())?;
     let mut req = serde_json::json!({
         "model": &*pool.model,
@@ -215,8 +210,7 @@ async fn exact_prompt_tokens(shared: &Shared, pool: &WorkerPool, body: &Value) -
     }
     let bytes = serde_json::to_vec(&req).ok()?;
     let (status, answer) = health::call(
-        &shared.connector,
-        &member.peer,
+        &member.worker,
         "POST",
         "/tokenize",
         Some(&bytes),

@@ -21,22 +21,25 @@
 //!   own deadline, and a failure after the answer started is reported in-band
 //!   as an SSE error event, the way vLLM reports in-stream errors.
 //!
-//! Upstream connections still come from Pingora's connector and its pool, and
-//! the client side is Pingora's HTTP/1 session.
+//! The client side is Pingora's HTTP/1 session; answers are parsed by
+//! Pingora's HTTP/1 client session over connections from [`crate::upstream`].
 
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use pingora_core::connectors::http::v1::Connector;
-use pingora_core::protocols::http::v1::client::HttpSession as UpstreamSession;
+use pingora_core::protocols::http::v1::client::{
+    http_req_header_to_wire, HttpSession as UpstreamSession,
+};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
+use tokio::io::AsyncWriteExt;
 use tokio::time::{sleep_until, Instant as TokioInstant};
 
 use crate::error::GatewayError;
 use crate::pool::{PickReason, Reservation, WorkerPool};
+use crate::upstream;
 
 /// What the exchange sends upstream.
 pub struct UpstreamRequest {
@@ -131,6 +134,10 @@ enum AttemptError {
     ClientGone,
 }
 
+/// Bodies up to this size are copied behind the request head so both leave
+/// in one write; larger ones are written after it without the copy.
+const COALESCE_BODY: usize = 64 * 1024;
+
 /// Headers that describe one hop, not the message (RFC 9110 §7.6.1), and are
 /// never copied from one side to the other.
 const HOP_BY_HOP: &[&str] = &[
@@ -161,7 +168,6 @@ const REQUEST_DROP: &[&str] = &[
 /// sent of it) went out, with the details in the report.
 pub async fn exchange(
     session: &mut Session,
-    connector: &Connector,
     pool: &WorkerPool,
     req: &UpstreamRequest,
     tap: &mut dyn ResponseTap,
@@ -191,7 +197,7 @@ pub async fn exchange(
         report.attempts += 1;
         report.picks.push(reason);
         report.worker = Some(Arc::clone(&reservation.worker.url));
-        let mut outcome = attempt(session, connector, pool, req, &reservation, deadline).await;
+        let mut outcome = attempt(session, pool, req, &reservation, deadline).await;
         if let Err(AttemptError::Retryable("stale_connection")) = outcome {
             // A pooled connection the worker had already closed says nothing
             // about the worker: try it once more on its next connection,
@@ -199,7 +205,7 @@ pub async fn exchange(
             // failure like any other (a worker that resets every request
             // must not pass as stale and use up the retries on itself).
             report.upstream_errors.push("stale_connection");
-            outcome = attempt(session, connector, pool, req, &reservation, deadline).await;
+            outcome = attempt(session, pool, req, &reservation, deadline).await;
             if let Err(AttemptError::Retryable("stale_connection")) = outcome {
                 outcome = Err(AttemptError::Retryable("reset"));
             }
@@ -274,11 +280,13 @@ pub async fn exchange(
     };
     // The worker sent its whole answer: it is done with this request, so its
     // slot is given back now, and its connection can serve the next request.
-    let peer = &pool.members[reservation.index].peer;
+    let worker = Arc::clone(&reservation.worker);
     drop(reservation);
-    connector
-        .release_http_session(upstream, peer, Some(t.keepalive_idle))
-        .await;
+    let mut upstream = upstream;
+    upstream.respect_keepalive();
+    if let Some(stream) = upstream.reuse().await {
+        worker.connections.put(stream);
+    }
     Ok(())
 }
 
@@ -520,6 +528,7 @@ async fn stream_answer(
                 read = upstream.read_body_bytes() => match read {
                     Ok(Some(chunk)) => {
                         idle_sleep.as_mut().reset(TokioInstant::now() + idle);
+                        let (chunk, tail) = gather(&mut upstream, chunk).await;
                         total += chunk.len();
                         if total > limit {
                             reservation.worker.record_failure(&pool.policy.breaker);
@@ -533,6 +542,16 @@ async fn stream_answer(
                             Relayed::Malformed => {
                                 reservation.worker.record_failure(&pool.policy.breaker);
                                 fail_mid_answer(session, tap, report, "malformed", MALFORMED).await;
+                                return Ok(None);
+                            }
+                        }
+                        match tail {
+                            Tail::Open => {}
+                            Tail::Ended => break,
+                            Tail::Failed => {
+                                reservation.worker.record_failure(&pool.policy.breaker);
+                                fail_mid_answer(session, tap, report, "reset",
+                                    "The worker stopped sending the answer before it was complete.").await;
                                 return Ok(None);
                             }
                         }
@@ -585,6 +604,53 @@ async fn stream_answer(
 }
 
 const MALFORMED: &str = "The worker sent a malformed event stream.";
+
+/// What the upstream body did right after the chunks [`gather`] took.
+enum Tail {
+    /// More may come.
+    Open,
+    Ended,
+    Failed,
+}
+
+/// Largest run of already-arrived chunks sent as one write.
+const GATHER_LIMIT: usize = 64 * 1024;
+
+/// Take `first` and every further chunk the worker has already sent (no
+/// waiting), so a burst of events leaves in one write instead of one each.
+/// Pingora hands out one HTTP chunk per read even when a socket read brought
+/// many; an event that has not arrived yet is never waited for.
+async fn gather(upstream: &mut UpstreamSession, first: Bytes) -> (Bytes, Tail) {
+    use futures_util::FutureExt;
+    let mut joined: Option<bytes::BytesMut> = None;
+    let mut len = first.len();
+    let mut tail = Tail::Open;
+    while len < GATHER_LIMIT {
+        // `unconstrained`: data already buffered must not look pending only
+        // because the task used up its cooperative budget.
+        match tokio::task::unconstrained(upstream.read_body_bytes()).now_or_never() {
+            Some(Ok(Some(more))) => {
+                let buf = joined.get_or_insert_with(|| {
+                    let mut b = bytes::BytesMut::with_capacity(len * 4);
+                    b.extend_from_slice(&first);
+                    b
+                });
+                buf.extend_from_slice(&more);
+                len += more.len();
+            }
+            Some(Ok(None)) => {
+                tail = Tail::Ended;
+                break;
+            }
+            Some(Err(_)) => {
+                tail = Tail::Failed;
+                break;
+            }
+            None => break,
+        }
+    }
+    (joined.map_or(first, bytes::BytesMut::freeze), tail)
+}
 
 /// What happened to one chunk of a stream.
 enum Relayed {
@@ -639,33 +705,49 @@ async fn relay(
 /// that breaks before its first event can still be retried elsewhere.
 async fn attempt(
     session: &mut Session,
-    connector: &Connector,
     pool: &WorkerPool,
     req: &UpstreamRequest,
     reservation: &Reservation,
     deadline: TokioInstant,
 ) -> Result<Answer, AttemptError> {
     let t = pool.timeouts;
-    let member = &pool.members[reservation.index];
+    let worker = &reservation.worker;
     let model = || pool.model.to_string();
 
-    let connected = tokio::select! {
-        biased;
-        r = tokio::time::timeout(t.connect, connector.get_http_session(&member.peer)) => r,
-        _ = session.as_downstream_mut().read_body_or_idle(true) => return Err(AttemptError::ClientGone),
-        () = sleep_until(deadline) => return Err(AttemptError::Fatal(
-            GatewayError::UpstreamTimeout { model: model(), phase: "request timeout" }, Some("timeout"))),
-    };
-    let (mut up, reused) = match connected {
-        Ok(Ok(pair)) => pair,
-        Ok(Err(_)) | Err(_) => return Err(AttemptError::Retryable("connect")),
+    let (mut stream, reused) = match worker.connections.take(t.keepalive_idle) {
+        Some(s) => (s, true),
+        None => {
+            let connected = tokio::select! {
+                biased;
+                r = upstream::connect(worker.addr, t.connect) => r,
+                _ = session.as_downstream_mut().read_body_or_idle(true) => return Err(AttemptError::ClientGone),
+                () = sleep_until(deadline) => return Err(AttemptError::Fatal(
+                    GatewayError::UpstreamTimeout { model: model(), phase: "request timeout" }, Some("timeout"))),
+            };
+            match connected {
+                Ok(s) => (s, false),
+                Err(_) => return Err(AttemptError::Retryable("connect")),
+            }
+        }
     };
 
-    let header = upstream_request_head(session.req_header(), req, &reservation.worker.url);
+    // Head and body leave in one write (one segment for a typical request)
+    // rather than a write and a flush each.
+    let Some(header) = upstream_request_head(session.req_header(), req, &worker.url) else {
+        return Err(AttemptError::Fatal(GatewayError::Internal, None));
+    };
+    let Some(mut wire) = http_req_header_to_wire(&header) else {
+        return Err(AttemptError::Fatal(GatewayError::Internal, None));
+    };
     let sent = async {
-        up.write_request_header(Box::new(header?)).await.ok()?;
-        up.write_body(&req.body).await.ok()?;
-        up.finish_body().await.ok()?;
+        if req.body.len() <= COALESCE_BODY {
+            wire.extend_from_slice(&req.body);
+            stream.write_all(&wire).await.ok()?;
+        } else {
+            stream.write_all(&wire).await.ok()?;
+            stream.write_all(&req.body).await.ok()?;
+        }
+        stream.flush().await.ok()?;
         Some(())
     };
     let sent = tokio::select! {
@@ -684,6 +766,7 @@ async fn attempt(
             "reset"
         }));
     }
+    let mut up = UpstreamSession::new(stream);
 
     // Non-streaming answers have no head before generation ends, so only the
     // total deadline bounds them; a stream's head and first event must come

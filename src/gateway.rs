@@ -50,6 +50,13 @@ pub struct StartOptions {
     /// The configuration file, reloaded on SIGHUP, on change and on request.
     /// None: the configuration came from elsewhere (demo) and never reloads.
     pub config_path: Option<PathBuf>,
+    /// Tokio's work-stealing runtime instead of Pingora's one-runtime-per-
+    /// thread. A process runs one gateway on per-thread runtimes (faster:
+    /// no cross-thread wake-ups); processes that start and stop many
+    /// gateways (test binaries) need work stealing, because Pingora finds a
+    /// per-thread runtime through a thread-local map that keeps entries of
+    /// exited threads and hands them to new threads that reuse their ids.
+    pub work_stealing: bool,
 }
 
 impl StartOptions {
@@ -59,6 +66,7 @@ impl StartOptions {
             os_signals: true,
             resolver: Arc::new(SystemResolver),
             config_path: None,
+            work_stealing: false,
         }
     }
 
@@ -68,6 +76,7 @@ impl StartOptions {
             os_signals: false,
             resolver: Arc::new(SystemResolver),
             config_path: None,
+            work_stealing: true,
         }
     }
 }
@@ -163,6 +172,11 @@ pub fn start(config: Config, options: StartOptions) -> Result<GatewayHandle, Sta
 
     let conf = ServerConf {
         threads,
+        // One single-threaded runtime per thread (Pingora's NoSteal runtime)
+        // rather than tokio's work-stealing one: a connection's tasks, its
+        // socket's reactor and its upstream connections stay on one thread,
+        // so answering a request wakes no other thread (see StartOptions).
+        work_stealing: options.work_stealing,
         // The gateway drains before telling Pingora to stop (see
         // shutdown.rs), so Pingora itself must not sleep another grace period;
         // it only gives the runtimes a moment to unwind.

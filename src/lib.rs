@@ -29,4 +29,5 @@ pub mod sim;
 pub mod sse;
 pub mod state;
 pub mod telemetry;
+pub mod upstream;
 pub mod usage;

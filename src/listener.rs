@@ -26,6 +26,7 @@ use pingora_core::protocols::GetSocketDigest;
 use pingora_core::protocols::SocketDigest;
 use pingora_core::server::{ListenFds, ShutdownWatch};
 use pingora_core::services::Service;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
 /// Binds a TCP listener now, so errors surface before the server starts.
@@ -149,7 +150,9 @@ impl<A: HttpServerApp + Send + Sync + 'static> Service for Listener<A> {
                         }
                         let app = Arc::clone(&self.app);
                         let shutdown = shutdown.clone();
-                        tokio::spawn(async move {
+                        // Spread connections over the service's threads (each
+                        // runs its own single-threaded runtime).
+                        pingora_runtime::current_handle().spawn(async move {
                             let _open = open;
                             serve_connection(app, tcp, peer, shutdown, settings).await;
                         });
@@ -182,6 +185,151 @@ impl<A: HttpServerApp + Send + Sync + 'static> Service for Listener<A> {
 
     fn threads(&self) -> Option<usize> {
         Some(self.threads)
+    }
+}
+
+/// A client connection whose writes are held until Pingora flushes, so an
+/// answer's head and body leave in one segment (one `send` instead of two).
+///
+/// Pingora's own listeners give accepted streams a small write buffer; its
+/// API for that is internal, so the gateway's accept loop wraps the stream
+/// instead. Pingora flushes after every streamed chunk, after a complete
+/// body and after a head with no body, so nothing waits in the buffer.
+#[derive(Debug)]
+struct CoalescingStream {
+    inner: L4Stream,
+    buf: Vec<u8>,
+}
+
+/// Writes above this go straight out instead of being copied.
+const COALESCE_LIMIT: usize = 16 * 1024;
+
+impl CoalescingStream {
+    fn new(inner: L4Stream) -> CoalescingStream {
+        CoalescingStream {
+            inner,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Write out what is held.
+    fn poll_drain(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        while !self.buf.is_empty() {
+            match std::pin::Pin::new(&mut self.inner).poll_write(cx, &self.buf) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                }
+                Poll::Ready(Ok(n)) => {
+                    self.buf.drain(..n);
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncRead for CoalescingStream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for CoalescingStream {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        use std::task::Poll;
+        if self.buf.len() + data.len() > COALESCE_LIMIT {
+            match self.poll_drain(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+            if data.len() > COALESCE_LIMIT {
+                return std::pin::Pin::new(&mut self.inner).poll_write(cx, data);
+            }
+        }
+        self.buf.extend_from_slice(data);
+        Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        match self.poll_drain(cx) {
+            Poll::Ready(Ok(())) => std::pin::Pin::new(&mut self.inner).poll_flush(cx),
+            other => other,
+        }
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        match self.poll_drain(cx) {
+            Poll::Ready(Ok(())) => std::pin::Pin::new(&mut self.inner).poll_shutdown(cx),
+            other => other,
+        }
+    }
+}
+
+#[async_trait]
+impl pingora_core::protocols::Shutdown for CoalescingStream {
+    async fn shutdown(&mut self) {
+        let _ = tokio::io::AsyncWriteExt::flush(self).await;
+        pingora_core::protocols::Shutdown::shutdown(&mut self.inner).await;
+    }
+}
+
+impl pingora_core::protocols::UniqueID for CoalescingStream {
+    fn id(&self) -> pingora_core::protocols::UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl pingora_core::protocols::Ssl for CoalescingStream {}
+
+impl pingora_core::protocols::GetTimingDigest for CoalescingStream {
+    fn get_timing_digest(&self) -> Vec<Option<pingora_core::protocols::TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+}
+
+impl pingora_core::protocols::GetProxyDigest for CoalescingStream {
+    fn get_proxy_digest(&self) -> Option<Arc<pingora_core::protocols::raw_connect::ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+}
+
+impl GetSocketDigest for CoalescingStream {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+
+    fn set_socket_digest(&mut self, socket_digest: SocketDigest) {
+        self.inner.set_socket_digest(socket_digest);
+    }
+}
+
+#[async_trait]
+impl pingora_core::protocols::Peek for CoalescingStream {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
+        self.inner.try_peek(buf).await
     }
 }
 
@@ -234,7 +382,7 @@ async fn serve_connection<A: HttpServerApp + Send + Sync + 'static>(
     let _ = digest.peer_addr.set(Some(peer.into()));
     stream.set_socket_digest(digest);
 
-    let mut stream: pingora_core::protocols::Stream = Box::new(stream);
+    let mut stream: pingora_core::protocols::Stream = Box::new(CoalescingStream::new(stream));
     let mut persistent = None;
     // The first head must arrive within the header timeout of the accept;
     // later ones within the idle timeout plus the header timeout.

@@ -305,7 +305,7 @@ impl Gateway {
 
         let admitting = Instant::now();
         let admitted = match endpoint {
-            Endpoint::ChatCompletions => admission::chat(&self.shared, snapshot, body).await,
+            Endpoint::ChatCompletions => admission::chat(snapshot, body).await,
             Endpoint::Completions => admission::other(snapshot, body, true),
             _ => admission::other(snapshot, body, false),
         };
@@ -341,7 +341,6 @@ impl Gateway {
         let mut meter = AnswerMeter::new(admitted.strip_usage);
         let result = forward::exchange(
             session,
-            &self.shared.connector,
             &admitted.pool,
             &req,
             &mut meter,

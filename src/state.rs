@@ -15,8 +15,6 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use pingora_core::connectors::http::v1::Connector;
-use pingora_core::connectors::ConnectorOptions;
 use tokio::sync::Notify;
 
 use crate::auth::{ApiKey, KeyTable};
@@ -57,7 +55,6 @@ type RedisSlot = Option<((String, String, Duration), Arc<RedisStore>)>;
 /// Process-wide state of one gateway instance.
 pub struct Shared {
     pub metrics: Arc<Metrics>,
-    pub connector: Connector,
     pub registry: WorkerRegistry,
     snapshot: ArcSwap<Snapshot>,
     /// Serializes building snapshots (reload, discovery); never taken by a
@@ -70,12 +67,6 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(config: Config, metrics: Metrics) -> Arc<Shared> {
-        let options = ConnectorOptions {
-            // One global LRU pool of idle upstream connections; large enough
-            // for every worker to keep a healthy set of warm connections.
-            keepalive_pool_size: 4096,
-            ..ConnectorOptions::new(4096)
-        };
         // A placeholder generation so the real one is built by the same code
         // path as every reload.
         let empty = Snapshot {
@@ -86,7 +77,6 @@ impl Shared {
         };
         let shared = Arc::new(Shared {
             metrics: Arc::new(metrics),
-            connector: Connector::new(Some(options)),
             registry: WorkerRegistry::default(),
             snapshot: ArcSwap::from_pointee(empty),
             build: Mutex::new(Discovered::new()),

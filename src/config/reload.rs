@@ -196,8 +196,21 @@ fn watch_file(path: &Path, tx: mpsc::Sender<()>) -> Option<notify::RecommendedWa
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."))
         .to_path_buf();
+    let name = path.file_name().map(|n| n.to_os_string());
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
+        let Ok(event) = event else { return };
+        if event.kind.is_access() {
+            return;
+        }
+        // Only the configuration file itself, or Kubernetes' `..data`
+        // symlink swap, concern us: other files in the directory (a log
+        // written next to the config) must not wake the reloader.
+        let concerns_us = event.paths.iter().any(|p| {
+            p.file_name().is_some_and(|f| {
+                name.as_deref() == Some(f) || f.to_string_lossy().starts_with("..")
+            })
+        });
+        if concerns_us {
             let _ = tx.try_send(());
         }
     })

@@ -14,14 +14,14 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use pingora_core::connectors::http::v1::Connector;
+use pingora_core::protocols::http::v1::client::HttpSession as UpstreamSession;
 use pingora_core::server::ShutdownWatch;
-use pingora_core::upstreams::peer::{HttpPeer, Peer};
 use pingora_http::RequestHeader;
 
 use crate::config::HealthPolicy;
 use crate::pool::Worker;
 use crate::state::Shared;
+use crate::upstream;
 
 /// Largest `/health`, `/v1/models` or `/metrics` answer read; a worker
 /// sending more fails the check rather than growing the gateway's memory.
@@ -33,8 +33,19 @@ const SUPERVISE_EVERY: Duration = Duration::from_millis(250);
 /// Run the checks until shutdown.
 pub async fn run(shared: Arc<Shared>, mut shutdown: ShutdownWatch) {
     let mut loops: HashMap<Arc<str>, tokio::task::JoinHandle<()>> = HashMap::new();
+    let mut next_sweep = Instant::now();
     loop {
         let snapshot = shared.snapshot();
+        if Instant::now() >= next_sweep {
+            // Close idle connections that expired or that a worker closed.
+            next_sweep = Instant::now() + Duration::from_secs(1);
+            for pool in snapshot.pools() {
+                for m in &pool.members {
+                    m.worker.connections.sweep(pool.timeouts.keepalive_idle);
+                    m.worker.probes.sweep(PROBE_IDLE);
+                }
+            }
+        }
         for pool in snapshot.pools() {
             for m in &pool.members {
                 let running = loops.get(&m.worker.url).is_some_and(|h| !h.is_finished());
@@ -60,13 +71,12 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: ShutdownWatch) {
 }
 
 /// The strictest health settings among the models a worker serves in the
-/// current configuration, and how to reach it; None once it serves none.
-fn settings_for(shared: &Shared, worker: &Arc<Worker>) -> Option<(HealthPolicy, HttpPeer)> {
+/// current configuration; None once it serves none.
+fn settings_for(shared: &Shared, worker: &Arc<Worker>) -> Option<HealthPolicy> {
     let snapshot = shared.snapshot();
     let mut policy: Option<HealthPolicy> = None;
-    let mut peer = None;
     for pool in snapshot.pools() {
-        if let Some(m) = pool.members.iter().find(|m| Arc::ptr_eq(&m.worker, worker)) {
+        if pool.members.iter().any(|m| Arc::ptr_eq(&m.worker, worker)) {
             let h = snapshot.config.model(&pool.model).map(|c| c.health)?;
             policy = Some(match policy {
                 None => h,
@@ -78,10 +88,9 @@ fn settings_for(shared: &Shared, worker: &Arc<Worker>) -> Option<(HealthPolicy, 
                     load_poll_interval: p.load_poll_interval.min(h.load_poll_interval),
                 },
             });
-            peer.get_or_insert_with(|| m.peer.clone());
         }
     }
-    Some((policy?, peer?))
+    policy
 }
 
 async fn worker_loop(shared: Arc<Shared>, worker: Weak<Worker>, mut shutdown: ShutdownWatch) {
@@ -91,7 +100,7 @@ async fn worker_loop(shared: Arc<Shared>, worker: Weak<Worker>, mut shutdown: Sh
         let Some(worker) = worker.upgrade() else {
             return;
         };
-        let Some((policy, peer)) = settings_for(&shared, &worker) else {
+        let Some(policy) = settings_for(&shared, &worker) else {
             // The worker left every pool: requests still in flight on it
             // finish (they hold their own reference); checking it is over.
             return;
@@ -99,13 +108,11 @@ async fn worker_loop(shared: Arc<Shared>, worker: Weak<Worker>, mut shutdown: Sh
         let now = Instant::now();
         if now >= next_health {
             next_health = now + policy.interval;
-            let ok = get(&shared.connector, &peer, "/health", policy.timeout)
+            let ok = get(&worker, "/health", policy.timeout)
                 .await
                 .is_some_and(|(status, _)| status == 200);
             if ok {
-                if let Some((200, body)) =
-                    get(&shared.connector, &peer, "/v1/models", policy.timeout).await
-                {
+                if let Some((200, body)) = get(&worker, "/v1/models", policy.timeout).await {
                     worker.set_max_model_lens(parse_model_lens(&body));
                 }
             }
@@ -116,9 +123,7 @@ async fn worker_loop(shared: Arc<Shared>, worker: Weak<Worker>, mut shutdown: Sh
         if now >= next_load {
             next_load = now + policy.load_poll_interval;
             let mark = worker.load_mark();
-            if let Some((200, body)) =
-                get(&shared.connector, &peer, "/metrics", policy.timeout).await
-            {
+            if let Some((200, body)) = get(&worker, "/metrics", policy.timeout).await {
                 if let Some(load) = parse_load(&body) {
                     worker.record_load(mark, load.running, load.waiting, load.kv_usage);
                 }
@@ -210,58 +215,63 @@ pub fn parse_load(body: &[u8]) -> Option<WorkerLoad> {
     })
 }
 
-/// A small GET over the shared connection pool, bounded in time and size.
-pub async fn get(
-    connector: &Connector,
-    peer: &HttpPeer,
-    path: &str,
-    timeout: Duration,
-) -> Option<(u16, Bytes)> {
-    call(connector, peer, "GET", path, None, timeout).await
+/// A small GET to a worker, bounded in time and size.
+pub async fn get(worker: &Worker, path: &str, timeout: Duration) -> Option<(u16, Bytes)> {
+    call(worker, "GET", path, None, timeout).await
 }
 
 /// A small request to a worker outside the proxied traffic (health, load,
-/// token counting), bounded in time and answer size. None on any failure.
+/// token counting), bounded in time and answer size, on the worker's probe
+/// connections. None on any failure.
 pub async fn call(
-    connector: &Connector,
-    peer: &HttpPeer,
+    worker: &Worker,
     method: &str,
     path: &str,
     json_body: Option<&[u8]>,
     timeout: Duration,
 ) -> Option<(u16, Bytes)> {
     tokio::time::timeout(timeout, async {
-        let (mut session, _reused) = connector.get_http_session(peer).await.ok()?;
+        let stream = match worker.probes.take(PROBE_IDLE) {
+            Some(s) => s,
+            None => upstream::connect(worker.addr, timeout).await.ok()?,
+        };
+        let mut session = UpstreamSession::new(stream);
         let mut req = RequestHeader::build(method, path.as_bytes(), Some(3)).ok()?;
-        req.insert_header("host", peer.address().to_string()).ok()?;
-        if let Some(body) = json_body {
+        req.insert_header("host", worker.addr.to_string()).ok()?;
+        let body = json_body.unwrap_or_default();
+        if json_body.is_some() {
             req.insert_header("content-type", "application/json").ok()?;
-            req.insert_header("content-length", body.len().to_string())
-                .ok()?;
         }
+        req.insert_header("content-length", body.len().to_string())
+            .ok()?;
         session.write_request_header(Box::new(req)).await.ok()?;
-        if let Some(body) = json_body {
+        if !body.is_empty() {
             session.write_body(body).await.ok()?;
         }
         session.finish_body().await.ok()?;
         session.read_response().await.ok()?;
         let status = session.get_status()?.as_u16();
-        let mut body = BytesMut::new();
+        let mut answer = BytesMut::new();
         while let Some(chunk) = session.read_body_bytes().await.ok()? {
-            if body.len() + chunk.len() > MAX_PROBE_BODY {
+            if answer.len() + chunk.len() > MAX_PROBE_BODY {
                 return None;
             }
-            body.extend_from_slice(&chunk);
+            answer.extend_from_slice(&chunk);
         }
-        connector
-            .release_http_session(session, peer, peer.options.idle_timeout)
-            .await;
-        Some((status, body.freeze()))
+        session.respect_keepalive();
+        if let Some(stream) = session.reuse().await {
+            worker.probes.put(stream);
+        }
+        Some((status, answer.freeze()))
     })
     .await
     .ok()
     .flatten()
 }
+
+/// Probe connections idle longer than this are not reused (below vLLM's 5 s
+/// keep-alive, pingora.md §6).
+const PROBE_IDLE: Duration = Duration::from_secs(4);
 
 #[cfg(test)]
 mod tests {

@@ -19,12 +19,8 @@ mod spill;
 pub mod worker;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
-
-use pingora_core::protocols::TcpKeepalive;
-use pingora_core::upstreams::peer::HttpPeer;
 
 use crate::config::{ModelConfig, PoolPolicy, Routing, UpstreamTimeouts, WorkerSpec};
 use ring::Ring;
@@ -67,12 +63,10 @@ impl WorkerRegistry {
     }
 }
 
-/// A worker as a member of one model's pool: the shared worker plus the
-/// connection settings this model uses to reach it.
+/// A worker as a member of one model's pool.
 #[derive(Debug)]
 pub struct Member {
     pub worker: Arc<Worker>,
-    pub peer: HttpPeer,
 }
 
 /// Why a worker was chosen (the `reason` label of the decisions counter).
@@ -129,7 +123,6 @@ impl WorkerPool {
             .iter()
             .map(|spec| Member {
                 worker: registry.get_or_create(spec, checked_first),
-                peer: peer_for(spec.addr, &model.timeouts),
             })
             .collect();
         let ring = Ring::new(members.iter().map(|m| &*m.worker.url));
@@ -370,22 +363,6 @@ impl Drop for Reservation {
         self.worker.release_probe(self.probe);
         self.worker.end_request();
     }
-}
-
-fn peer_for(addr: SocketAddr, timeouts: &UpstreamTimeouts) -> HttpPeer {
-    let mut peer = HttpPeer::new(addr, false, String::new());
-    peer.options.connection_timeout = Some(timeouts.connect);
-    peer.options.idle_timeout = Some(timeouts.keepalive_idle);
-    // A worker that vanishes without a FIN or RST (a lost node) is noticed
-    // by TCP keep-alive on pooled connections, not only by timeouts.
-    peer.options.tcp_keepalive = Some(TcpKeepalive {
-        idle: std::time::Duration::from_secs(30),
-        interval: std::time::Duration::from_secs(5),
-        count: 3,
-        #[cfg(target_os = "linux")]
-        user_timeout: std::time::Duration::from_secs(0),
-    });
-    peer
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use std::time::Instant;
 
 pub use crate::config::BreakerPolicy;
 use crate::config::WorkerSpec;
+use crate::upstream::ConnectionPool;
 
 /// Health as the rest of the gateway sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +87,12 @@ pub struct Worker {
 
     /// `max_model_len` per served model, from its `/v1/models`.
     max_model_len: Mutex<HashMap<String, u64>>,
+    /// Idle connections for requests.
+    pub connections: ConnectionPool,
+    /// Idle connections for health checks and load polls, kept apart: they
+    /// are opened on the background runtime, and a request must never wait
+    /// on another runtime's reactor.
+    pub probes: ConnectionPool,
 }
 
 impl Worker {
@@ -114,6 +121,8 @@ impl Worker {
             kv_milli: AtomicU32::new(0),
             in_flight_at_scrape: AtomicU32::new(0),
             max_model_len: Mutex::new(HashMap::new()),
+            connections: ConnectionPool::default(),
+            probes: ConnectionPool::default(),
         }
     }
 
