@@ -8,7 +8,9 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 #[cfg(test)]
 use std::time::Duration;
 use std::time::Instant;
@@ -85,8 +87,9 @@ pub struct Worker {
     /// load, to separate our requests from other replicas' in its totals.
     in_flight_at_scrape: AtomicU32,
 
-    /// `max_model_len` per served model, from its `/v1/models`.
-    max_model_len: Mutex<HashMap<String, u64>>,
+    /// `max_model_len` per served model, from its `/v1/models`; read on
+    /// every chat request, so swapped whole rather than locked.
+    max_model_len: ArcSwap<HashMap<String, u64>>,
     /// Idle connections for requests.
     pub connections: ConnectionPool,
     /// Idle connections for health checks and load polls, kept apart: they
@@ -120,7 +123,7 @@ impl Worker {
             remote_waiting: AtomicU32::new(0),
             kv_milli: AtomicU32::new(0),
             in_flight_at_scrape: AtomicU32::new(0),
-            max_model_len: Mutex::new(HashMap::new()),
+            max_model_len: ArcSwap::from_pointee(HashMap::new()),
             connections: ConnectionPool::default(),
             probes: ConnectionPool::default(),
         }
@@ -331,15 +334,12 @@ impl Worker {
     }
 
     pub fn max_model_len(&self, model: &str) -> Option<u64> {
-        self.max_model_len
-            .lock()
-            .ok()
-            .and_then(|m| m.get(model).copied())
+        self.max_model_len.load().get(model).copied()
     }
 
     pub fn set_max_model_lens(&self, lens: HashMap<String, u64>) {
-        if let Ok(mut m) = self.max_model_len.lock() {
-            *m = lens;
+        if **self.max_model_len.load() != lens {
+            self.max_model_len.store(Arc::new(lens));
         }
     }
 }
