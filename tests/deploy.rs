@@ -911,7 +911,7 @@ async fn the_configmap_serves_and_hot_reloads_a_kubelet_style_update() {
     let (redis_port, sim_port) = (free_port(), sim.addr().port());
     let mut volume = ConfigMapVolume::new(&runnable(&text, sim_port, redis_port));
 
-    vllm_gateway::telemetry::init(vllm_gateway::telemetry::LogFormat::Text);
+    init_test_logs();
     let gw = gateway::start(
         Config::load(&volume.path()).unwrap(),
         StartOptions {
@@ -1208,7 +1208,7 @@ async fn varied_traffic() -> (String, Vec<SimHandle>) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gateway.toml");
     std::fs::write(&path, &text).unwrap();
-    vllm_gateway::telemetry::init(vllm_gateway::telemetry::LogFormat::Text);
+    init_test_logs();
     let gw = gateway::start(
         Config::parse(&text).unwrap(),
         StartOptions {

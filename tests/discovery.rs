@@ -217,10 +217,14 @@ async fn with_prefix_affinity_only_the_changed_workers_share_moves() {
     let moved: Vec<usize> = (0..prompts.len())
         .filter(|&i| four[i] != three[i])
         .collect();
-    // Whatever moved, moved to the new worker; and it took some share.
+    // Whatever moved, moved to the new worker (a rehash would shuffle
+    // prefixes between the old ones too); and it took some share, not all.
+    // The share is random: the sims' port places the ring's points, and over
+    // 2,000 ports the new worker's count of these 40 prefixes ran from 1 to
+    // 21 (median 10), so the bound leaves room above that.
     assert!(moved.iter().all(|&i| four[i] == 3), "{three:?}\n{four:?}");
     assert!(
-        !moved.is_empty() && moved.len() <= 20,
+        !moved.is_empty() && moved.len() <= 26,
         "{} moved",
         moved.len()
     );

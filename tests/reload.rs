@@ -17,7 +17,7 @@ use vllm_gateway::config::Config;
 use vllm_gateway::gateway::{self, GatewayHandle, StartOptions};
 
 fn start_from_file(path: &Path) -> GatewayHandle {
-    vllm_gateway::telemetry::init(vllm_gateway::telemetry::LogFormat::Text);
+    init_test_logs();
     let config = Config::load(path).unwrap();
     gateway::start(
         config,

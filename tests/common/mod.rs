@@ -52,8 +52,21 @@ workers = [{list}]
     )
 }
 
+/// Logs of in-process gateways go through libtest's capture: a passing
+/// test stays quiet, a failing one shows what the gateway said. `RUST_LOG`
+/// still picks the level.
+pub fn init_test_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,pingora_core=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .compact()
+        .try_init();
+}
+
 pub fn start(text: &str) -> GatewayHandle {
-    vllm_gateway::telemetry::init(vllm_gateway::telemetry::LogFormat::Text);
+    init_test_logs();
     let config =
         Config::parse(text).unwrap_or_else(|e| panic!("test config invalid:\n{e}\n{text}"));
     gateway::start(config, StartOptions::embedded()).expect("gateway starts")
