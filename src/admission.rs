@@ -367,8 +367,8 @@ pub async fn read_body(
             (None, None) => Bytes::new(),
         })
     };
-    match tokio::time::timeout(timeout, read).await {
-        Ok(r) => r,
-        Err(_) => Err(GatewayError::BodyTimeout { timeout }),
+    match crate::deadline::within(timeout, read).await {
+        Some(r) => r,
+        None => Err(GatewayError::BodyTimeout { timeout }),
     }
 }

@@ -35,8 +35,8 @@ use pingora_core::protocols::http::v1::client::{
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
 use tokio::io::AsyncWriteExt;
-use tokio::time::{sleep_until, Instant as TokioInstant};
 
+use crate::deadline::{sleep_until, Idle};
 use crate::error::GatewayError;
 use crate::pool::{PickReason, Reservation, WorkerPool};
 use crate::upstream;
@@ -175,7 +175,7 @@ pub async fn exchange(
     started: Instant,
 ) -> Result<(), GatewayError> {
     let t = pool.timeouts;
-    let deadline = TokioInstant::from_std(started + t.request);
+    let deadline = started + t.request;
     let mut tried: Vec<usize> = Vec::new();
     let (answer, reservation) = loop {
         let Some((reservation, reason)) = pool.pick(&tried, req.prefix_key) else {
@@ -305,7 +305,7 @@ async fn whole_answer(
     report: &mut ExchangeReport,
     answer: Answer,
     reservation: &Reservation,
-    deadline: TokioInstant,
+    deadline: Instant,
 ) -> Result<Option<UpstreamSession>, GatewayError> {
     let Answer {
         up: mut upstream,
@@ -321,14 +321,15 @@ async fn whole_answer(
         chunks.push(c);
     }
     if !ended {
-        let idle = pool.timeouts.idle;
-        let mut idle_sleep = pin!(tokio::time::sleep(idle));
+        let idle = Idle::new(pool.timeouts.idle);
+        let mut silent = pin!(idle.expired());
+        let mut overdue = pin!(sleep_until(deadline));
         loop {
             tokio::select! {
                 biased;
                 read = upstream.read_body_bytes() => match read {
                     Ok(Some(chunk)) => {
-                        idle_sleep.as_mut().reset(TokioInstant::now() + idle);
+                        idle.touch();
                         total += chunk.len();
                         if total > limit {
                             report.upstream_errors.push("response_too_large");
@@ -349,12 +350,12 @@ async fn whole_answer(
                     report.client_gone = true;
                     return Ok(None);
                 }
-                () = &mut idle_sleep => {
+                () = &mut silent => {
                     report.upstream_errors.push("timeout");
                     reservation.worker.record_failure(&pool.policy.breaker);
                     return Err(GatewayError::UpstreamTimeout { model: model(), phase: "idle" });
                 }
-                () = sleep_until(deadline) => {
+                () = &mut overdue => {
                     report.upstream_errors.push("timeout");
                     return Err(GatewayError::UpstreamTimeout { model: model(), phase: "request timeout" });
                 }
@@ -474,7 +475,7 @@ async fn stream_answer(
     report: &mut ExchangeReport,
     answer: Answer,
     reservation: &Reservation,
-    deadline: TokioInstant,
+    deadline: Instant,
 ) -> Result<Option<UpstreamSession>, GatewayError> {
     let Answer {
         up: mut upstream,
@@ -519,15 +520,15 @@ async fn stream_answer(
         }
     }
     if !ended {
-        let idle = pool.timeouts.idle;
-        let mut idle_sleep = pin!(tokio::time::sleep(idle));
-        let mut total_sleep = pin!(sleep_until(deadline));
+        let idle = Idle::new(pool.timeouts.idle);
+        let mut silent = pin!(idle.expired());
+        let mut overdue = pin!(sleep_until(deadline));
         loop {
             tokio::select! {
                 biased;
                 read = upstream.read_body_bytes() => match read {
                     Ok(Some(chunk)) => {
-                        idle_sleep.as_mut().reset(TokioInstant::now() + idle);
+                        idle.touch();
                         let (chunk, tail) = gather(&mut upstream, chunk).await;
                         total += chunk.len();
                         if total > limit {
@@ -572,13 +573,13 @@ async fn stream_answer(
                     report.client_gone = true;
                     return Ok(None);
                 }
-                () = &mut idle_sleep => {
+                () = &mut silent => {
                     reservation.worker.record_failure(&pool.policy.breaker);
                     fail_mid_answer(session, tap, report, "timeout",
                         "The worker went silent in the middle of the answer.").await;
                     return Ok(None);
                 }
-                () = &mut total_sleep => {
+                () = &mut overdue => {
                     fail_mid_answer(session, tap, report, "timeout",
                         "The answer took longer than the gateway's request timeout.").await;
                     return Ok(None);
@@ -708,7 +709,7 @@ async fn attempt(
     pool: &WorkerPool,
     req: &UpstreamRequest,
     reservation: &Reservation,
-    deadline: TokioInstant,
+    deadline: Instant,
 ) -> Result<Answer, AttemptError> {
     let t = pool.timeouts;
     let worker = &reservation.worker;
@@ -772,7 +773,7 @@ async fn attempt(
     // total deadline bounds them; a stream's head and first event must come
     // within the first-token timeout.
     let head_deadline = if req.stream {
-        deadline.min(TokioInstant::now() + t.first_token)
+        deadline.min(Instant::now() + t.first_token)
     } else {
         deadline
     };

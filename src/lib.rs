@@ -12,6 +12,7 @@ pub mod admission;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod deadline;
 pub mod demo;
 pub mod error;
 pub mod forward;
