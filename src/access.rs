@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use crate::forward::ExchangeReport;
 use crate::metering::Metered;
 use crate::metrics::{status_class, Metrics};
+use crate::telemetry;
 
 /// Everything the access line and the metrics need about one request.
 pub struct AccessRecord<'a> {
@@ -71,26 +72,222 @@ pub fn record(m: &Metrics, r: &AccessRecord<'_>) {
             .with_label_values(&[r.model, r.key, "completion", source])
             .inc_by(u.completion_tokens);
     }
+    if !tracing::enabled!(target: "access", tracing::Level::INFO) {
+        return;
+    }
+    let line = AccessLine {
+        r,
+        worker: r.report.worker.as_deref().unwrap_or("-"),
+        // Why the worker that answered was chosen (a retry says "retry").
+        routing: r.report.picks.last().map_or("-", |p| p.label()),
+        duration_ms: ms(elapsed),
+        ttft_ms: ttft.map(ms),
+        overhead_us: (r.overhead.as_secs_f64() * 1e6).round(),
+        usage: r.usage.map(|u| if u.exact { "exact" } else { "estimated" }),
+        error: r.error.or(r.report.failed_mid_answer),
+    };
+    if telemetry::json_line(|out| line.write_json(out)) {
+        return;
+    }
     tracing::info!(
         target: "access",
         request_id = %r.request_id,
         key = r.key,
         endpoint = r.endpoint,
         model = r.model,
-        worker = r.report.worker.as_deref().unwrap_or("-"),
-        // Why the worker that answered was chosen (a retry says "retry").
-        routing = r.report.picks.last().map_or("-", |p| p.label()),
+        worker = line.worker,
+        routing = line.routing,
         status = r.status,
-        duration_ms = ms(elapsed),
-        ttft_ms = ttft.map(ms),
-        overhead_us = (r.overhead.as_secs_f64() * 1e6).round(),
+        duration_ms = line.duration_ms,
+        ttft_ms = line.ttft_ms,
+        overhead_us = line.overhead_us,
         attempts = r.report.attempts,
         retries = r.report.retries,
         client_gone = r.report.client_gone,
         prompt_tokens = r.usage.map(|u| u.prompt_tokens),
         completion_tokens = r.usage.map(|u| u.completion_tokens),
-        usage = r.usage.map(|u| if u.exact { "exact" } else { "estimated" }),
+        usage = line.usage,
         limit = r.limit_note,
-        error = r.error.or(r.report.failed_mid_answer),
+        error = line.error,
     );
+}
+
+/// The access line's derived values; written as JSON directly, or through
+/// `tracing` when another subscriber or the text format is in use. Both carry
+/// the same fields, and like `tracing` the JSON omits those that are `None`.
+struct AccessLine<'r, 'a> {
+    r: &'r AccessRecord<'a>,
+    worker: &'r str,
+    routing: &'static str,
+    duration_ms: f64,
+    ttft_ms: Option<f64>,
+    overhead_us: f64,
+    usage: Option<&'static str>,
+    error: Option<&'static str>,
+}
+
+impl AccessLine<'_, '_> {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        let r = self.r;
+        out.extend_from_slice(b"{\"timestamp\":\"");
+        telemetry::write_timestamp(out, std::time::SystemTime::now());
+        out.extend_from_slice(b"\",\"level\":\"INFO\"");
+        field(out, "request_id", r.request_id);
+        field(out, "key", r.key);
+        field(out, "endpoint", r.endpoint);
+        field(out, "model", r.model);
+        field(out, "worker", self.worker);
+        field(out, "routing", self.routing);
+        field(out, "status", r.status);
+        field(out, "duration_ms", self.duration_ms);
+        opt_field(out, "ttft_ms", self.ttft_ms);
+        field(out, "overhead_us", self.overhead_us);
+        field(out, "attempts", r.report.attempts);
+        field(out, "retries", r.report.retries);
+        field(out, "client_gone", r.report.client_gone);
+        opt_field(out, "prompt_tokens", r.usage.map(|u| u.prompt_tokens));
+        opt_field(
+            out,
+            "completion_tokens",
+            r.usage.map(|u| u.completion_tokens),
+        );
+        opt_field(out, "usage", self.usage);
+        opt_field(out, "limit", r.limit_note);
+        opt_field(out, "error", self.error);
+        out.extend_from_slice(b",\"target\":\"access\"}");
+    }
+}
+
+/// `,"name":value` (`name` is a plain identifier).
+fn field(out: &mut Vec<u8>, name: &str, value: impl serde::Serialize) {
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\":");
+    // Writing to a Vec fails only on a value JSON cannot express; the line
+    // stays valid JSON.
+    if serde_json::to_writer(&mut *out, &value).is_err() {
+        out.extend_from_slice(b"null");
+    }
+}
+
+/// [`field`] for a value that is there, nothing for `None`, as `tracing`
+/// records optional fields.
+fn opt_field(out: &mut Vec<u8>, name: &str, value: Option<impl serde::Serialize>) {
+    if let Some(v) = value {
+        field(out, name, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use serde_json::Value;
+
+    use crate::pool::PickReason;
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if let Ok(mut b) = self.0.lock() {
+                b.extend_from_slice(buf);
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn without_timestamp(mut v: Value) -> Value {
+        assert!(
+            v["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')),
+            "{v}"
+        );
+        if let Some(o) = v.as_object_mut() {
+            o.remove("timestamp");
+        }
+        v
+    }
+
+    /// The hand-written JSON line and `tracing`'s JSON formatter agree on
+    /// every field, with and without the optional ones.
+    #[test]
+    fn the_direct_json_line_matches_tracing_s() {
+        let mut report = ExchangeReport::default();
+        report.worker = Some(Arc::from("http://10.0.0.5:8000"));
+        report.attempts = 2;
+        report.retries = 1;
+        report.picks.push(PickReason::AffinityHit);
+        report.picks.push(PickReason::Retry);
+        let usage = Metered {
+            prompt_tokens: 12,
+            completion_tokens: 34,
+            cached_tokens: None,
+            exact: false,
+        };
+        let started = Instant::now();
+        let full = AccessRecord {
+            request_id: "req-\"quoted\"\n",
+            key: "team-a",
+            endpoint: "chat_completions",
+            model: "meta-llama/Llama-3.1-8B-Instruct",
+            status: 200,
+            started,
+            report: &report,
+            usage: Some(usage),
+            overhead: Duration::from_micros(87),
+            limit_note: Some("clamped"),
+            error: Some("timeout"),
+        };
+        let bare_report = ExchangeReport::default();
+        let bare = AccessRecord {
+            request_id: "r2",
+            key: "-",
+            endpoint: "models",
+            model: "unknown",
+            status: 404,
+            started,
+            report: &bare_report,
+            usage: None,
+            overhead: Duration::ZERO,
+            limit_note: None,
+            error: None,
+        };
+        let metrics = Metrics::new().unwrap();
+        for record_ in [&full, &bare] {
+            let captured = Captured::default();
+            let writer = captured.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .json()
+                .flatten_event(true)
+                .with_current_span(false)
+                .with_writer(move || writer.clone())
+                .finish();
+            tracing::subscriber::with_default(subscriber, || record(&metrics, record_));
+            let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+            let via_tracing: Value = serde_json::from_str(text.trim()).unwrap();
+
+            let line = AccessLine {
+                r: record_,
+                worker: via_tracing["worker"].as_str().unwrap(),
+                routing: record_.report.picks.last().map_or("-", |p| p.label()),
+                duration_ms: via_tracing["duration_ms"].as_f64().unwrap(),
+                ttft_ms: None,
+                overhead_us: (record_.overhead.as_secs_f64() * 1e6).round(),
+                usage: record_
+                    .usage
+                    .map(|u| if u.exact { "exact" } else { "estimated" }),
+                error: record_.error.or(record_.report.failed_mid_answer),
+            };
+            let mut out = Vec::new();
+            line.write_json(&mut out);
+            let direct: Value = serde_json::from_slice(&out).unwrap();
+            assert_eq!(without_timestamp(direct), without_timestamp(via_tracing));
+        }
+    }
 }

@@ -51,6 +51,10 @@ impl Pending {
 
 static PENDING: std::sync::OnceLock<Arc<Pending>> = std::sync::OnceLock::new();
 
+/// Set when this module's JSON logger is the one installed: lines formatted
+/// elsewhere in the same shape may then go straight to its buffer.
+static JSON_INSTALLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// A `MakeWriter` whose writers append to the shared buffer.
 #[derive(Clone)]
 struct BatchWriter(Arc<Pending>);
@@ -124,6 +128,10 @@ pub fn init(format: LogFormat) {
         LogFormat::Text => builder.compact().try_init(),
     };
     if installed.is_ok() {
+        JSON_INSTALLED.store(
+            format == LogFormat::Json,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let spawned = std::thread::Builder::new()
             .name("log-writer".into())
             .spawn(move || loop {
@@ -146,5 +154,114 @@ pub fn init(format: LogFormat) {
 pub fn flush() {
     if let Some(p) = PENDING.get() {
         p.write_out();
+    }
+}
+
+thread_local! {
+    static LINE: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(1024));
+}
+
+/// Appends one JSON log line that `build` writes (a whole object, no
+/// newline) to the output, when this module's JSON logger is the installed
+/// one; otherwise returns false and the caller logs through `tracing`.
+///
+/// For the access line, written once per request: `tracing`'s JSON
+/// formatter visits each field through a `dyn` writer, and in a profile at
+/// 64 connections it was a tenth of the gateway's CPU. The caller checks
+/// `tracing::enabled!` first, so `RUST_LOG` still decides.
+pub fn json_line(build: impl FnOnce(&mut Vec<u8>)) -> bool {
+    if !JSON_INSTALLED.load(std::sync::atomic::Ordering::Relaxed) {
+        return false;
+    }
+    let Some(pending) = PENDING.get() else {
+        return false;
+    };
+    LINE.with(|cell| {
+        let Ok(mut line) = cell.try_borrow_mut() else {
+            return false;
+        };
+        line.clear();
+        build(&mut line);
+        line.push(b'\n');
+        let overflow = match pending.buf.lock() {
+            Ok(mut b) => {
+                b.extend_from_slice(&line);
+                b.len() > MAX_BUFFERED
+            }
+            Err(_) => false,
+        };
+        if overflow {
+            pending.write_out();
+        }
+        true
+    })
+}
+
+/// Writes `t` as RFC 3339 UTC with microseconds
+/// (`2026-11-24T23:44:33.157443Z`), the form `tracing`'s JSON lines use.
+pub fn write_timestamp(out: &mut Vec<u8>, t: std::time::SystemTime) {
+    let since = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (year, month, day) = civil_from_days(secs / 86_400);
+    let rest = secs % 86_400;
+    let fields = [
+        (month, 2),
+        (day, 2),
+        (rest / 3600, 2),
+        (rest % 3600 / 60, 2),
+        (rest % 60, 2),
+        (u64::from(since.subsec_micros()), 6),
+    ];
+    push_digits(out, year, 4);
+    for ((value, width), sep) in fields.into_iter().zip([b'-', b'-', b'T', b':', b':', b'.']) {
+        out.push(sep);
+        push_digits(out, value, width);
+    }
+    out.push(b'Z');
+}
+
+fn push_digits(out: &mut Vec<u8>, value: u64, width: u32) {
+    for k in (0..width).rev() {
+        let digit = (value / 10u64.pow(k)) % 10;
+        out.push(b'0' + digit as u8);
+    }
+}
+
+/// (year, month, day) of a day count since 1970-01-01, in the proleptic
+/// Gregorian calendar (Howard Hinnant's `civil_from_days`, for days ≥ 0).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod timestamp_tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    fn at(secs: u64, micros: u32) -> String {
+        let mut out = Vec::new();
+        write_timestamp(
+            &mut out,
+            UNIX_EPOCH + Duration::new(secs, micros * 1000 + 999),
+        );
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    #[test]
+    fn timestamps_match_date_u() {
+        // Expected values from `date -u -d @SECS`.
+        assert_eq!(at(0, 0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(at(1_795_564_803, 157_443), "2026-11-25T00:00:03.157443Z");
+        assert_eq!(at(951_782_400, 1), "2000-02-29T00:00:00.000001Z");
+        assert_eq!(at(4_107_542_399, 999_999), "2100-02-28T23:59:59.999999Z");
     }
 }
