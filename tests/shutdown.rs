@@ -1,6 +1,8 @@
-//! SIGTERM on a real `vllm-gateway serve` process: it stops accepting at
-//! once, /readyz fails at once, streams in flight finish, and it exits as
-//! soon as they have; streams longer than `shutdown_grace` are closed then.
+//! Signals on a real `vllm-gateway serve` process. SIGTERM: it stops
+//! accepting at once, /readyz fails at once, streams in flight finish, and it
+//! exits as soon as they have; streams longer than `shutdown_grace` are
+//! closed then. SIGHUP: it reloads its file (tests/reload.rs covers what a
+//! reload does; this proves the signal reaches it).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -209,4 +211,41 @@ async fn post_chat_url(public: u16) {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+}
+
+/// `config_reloads_total{result="ok"}` on the admin listener (0 while absent).
+async fn reloads_ok(admin: u16) -> f64 {
+    let text = client()
+        .get(format!("http://127.0.0.1:{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|l| l.starts_with("vllm_gateway_config_reloads_total{result=\"ok\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_file_and_keeps_serving() {
+    let sim = sim();
+    let mut serve = Serve::start(&sim.url(), "5s").await;
+    assert_eq!(reloads_ok(serve.admin).await, 0.0);
+    // The file is unchanged, so its watcher stays quiet: only the signal
+    // can cause this reload (SIGHUP reloads even an unchanged file).
+    for n in 1..=2 {
+        serve.signal("-HUP");
+        wait_until(Duration::from_secs(5), || async {
+            reloads_ok(serve.admin).await == f64::from(n)
+        })
+        .await
+        .unwrap_or_else(|_| panic!("reload {n} counted"));
+    }
+    post_chat_url(serve.public).await;
+    serve.signal("-TERM");
+    serve.wait_exit(Duration::from_secs(10));
 }
