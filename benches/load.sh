@@ -246,10 +246,9 @@ gateway_config() {
       echo "workers = [\"http://${urls//,/\", \"http://}\"]"
     done
   } >"$file"
-  # >>> API keys (auth + rate limits). Once the gateway has [[api_keys]], the benchmark must
-  # run with auth and a limit too generous to ever trigger. Until then check-config rejects
-  # the block and the gateway is measured without it (said in the report). Adjust the block
-  # here if the final schema differs.
+  # >>> API keys (auth + rate limits): the benchmark runs with a key whose budgets are too
+  # generous to ever trigger, so every request pays for both checks. Should check-config
+  # reject the block, the gateway is measured without it and the report says so.
   local with_keys=$file.keys
   cp "$file" "$with_keys"
   cat >>"$with_keys" <<EOF
