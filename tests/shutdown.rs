@@ -223,11 +223,7 @@ async fn reloads_ok(admin: u16) -> f64 {
         .text()
         .await
         .unwrap();
-    text.lines()
-        .find(|l| l.starts_with("vllm_gateway_config_reloads_total{result=\"ok\"}"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+    metric_value(&text, "vllm_gateway_config_reloads_total{result=\"ok\"}").unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
