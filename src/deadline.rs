@@ -74,7 +74,8 @@ pub struct Idle {
     base: Instant,
     /// Nanoseconds from `base` to the last arrival.
     last: AtomicU64,
-    limit: Duration,
+    /// The silence allowed, in nanoseconds.
+    limit: AtomicU64,
 }
 
 impl Idle {
@@ -82,21 +83,27 @@ impl Idle {
         Idle {
             base: Instant::now(),
             last: AtomicU64::new(0),
-            limit,
+            limit: AtomicU64::new(nanos(limit)),
         }
+    }
+
+    /// From now on, allow this much silence.
+    pub fn set_limit(&self, limit: Duration) {
+        self.limit.store(nanos(limit), Ordering::Relaxed);
     }
 
     /// Something arrived: the silence starts over.
     pub fn touch(&self) {
-        let since = u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.last.store(since, Ordering::Relaxed);
+        self.last
+            .store(nanos(self.base.elapsed()), Ordering::Relaxed);
     }
 
     /// Resolves once nothing has arrived for the whole limit.
     pub async fn expired(&self) {
         loop {
-            let due =
-                self.base + Duration::from_nanos(self.last.load(Ordering::Relaxed)) + self.limit;
+            let due = self.base
+                + Duration::from_nanos(self.last.load(Ordering::Relaxed))
+                + Duration::from_nanos(self.limit.load(Ordering::Relaxed));
             let now = Instant::now();
             if now >= due {
                 return;
@@ -104,6 +111,10 @@ impl Idle {
             fast_sleep(wheel_delay(now, due - now)).await;
         }
     }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

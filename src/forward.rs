@@ -36,6 +36,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
 use tokio::io::AsyncWriteExt;
 
+use crate::config::StreamHead;
 use crate::deadline::{sleep_until, Idle};
 use crate::error::GatewayError;
 use crate::pool::{PickReason, Reservation, WorkerPool};
@@ -507,6 +508,7 @@ async fn stream_answer(
     }
     let limit = pool.policy.max_response_bytes;
     let mut total = 0usize;
+    let no_event_yet = first.is_none();
     if let Some(chunk) = first {
         total += chunk.len();
         match relay(session, req, tap, report, chunk).await {
@@ -520,7 +522,14 @@ async fn stream_answer(
         }
     }
     if !ended {
-        let idle = Idle::new(pool.timeouts.idle);
+        // With `stream_head = "immediate"` the head went out before the first
+        // event arrived: the first-token limit applies until it does.
+        let mut awaiting_first = no_event_yet;
+        let idle = Idle::new(if awaiting_first {
+            pool.timeouts.first_token
+        } else {
+            pool.timeouts.idle
+        });
         let mut silent = pin!(idle.expired());
         let mut overdue = pin!(sleep_until(deadline));
         loop {
@@ -528,6 +537,10 @@ async fn stream_answer(
                 biased;
                 read = upstream.read_body_bytes() => match read {
                     Ok(Some(chunk)) => {
+                        if awaiting_first {
+                            awaiting_first = false;
+                            idle.set_limit(pool.timeouts.idle);
+                        }
                         idle.touch();
                         let (chunk, tail) = gather(&mut upstream, chunk).await;
                         total += chunk.len();
@@ -575,8 +588,12 @@ async fn stream_answer(
                 }
                 () = &mut silent => {
                     reservation.worker.record_failure(&pool.policy.breaker);
-                    fail_mid_answer(session, tap, report, "timeout",
-                        "The worker went silent in the middle of the answer.").await;
+                    let message = if awaiting_first {
+                        "The worker sent no first token within the gateway's first-token timeout."
+                    } else {
+                        "The worker went silent in the middle of the answer."
+                    };
+                    fail_mid_answer(session, tap, report, "timeout", message).await;
                     return Ok(None);
                 }
                 () = &mut overdue => {
@@ -811,7 +828,7 @@ async fn attempt(
         // retries elsewhere (vllm.md §8).
         return Err(AttemptError::Retryable("status_503"));
     }
-    if !req.stream {
+    if !req.stream || pool.policy.stream_head == StreamHead::Immediate {
         return Ok(Answer {
             up,
             first: None,

@@ -234,3 +234,70 @@ async fn a_stream_over_the_request_timeout_ends_with_an_in_band_error() {
         .await
         .expect("the worker's request was aborted");
 }
+
+/// Time until the response head arrives, then the whole body.
+async fn head_then_body(gw: &vllm_gateway::gateway::GatewayHandle) -> (Duration, u16, String) {
+    let started = Instant::now();
+    let r = client()
+        .post(format!("{}/v1/chat/completions", gw.url()))
+        .json(&chat_body(json!({"stream": true, "max_tokens": 3})))
+        .send()
+        .await
+        .unwrap();
+    let head_at = started.elapsed();
+    let status = r.status().as_u16();
+    (head_at, status, r.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_head_immediate_sends_the_head_before_the_first_token() {
+    let s = sim_with(|c| c.ttft = Duration::from_millis(600));
+    // By default the head waits for the first event.
+    let gw = gateway_with(&[&s], "").await;
+    let (head_at, status, body) = head_then_body(&gw).await;
+    assert_eq!(status, 200);
+    assert!(head_at >= Duration::from_millis(550), "{head_at:?}");
+    assert!(body.contains("data: [DONE]"), "{body}");
+    drop(gw);
+
+    let gw = gateway_with(&[&s], "stream_head = \"immediate\"").await;
+    let (head_at, status, body) = head_then_body(&gw).await;
+    assert_eq!(status, 200);
+    assert!(head_at < Duration::from_millis(300), "{head_at:?}");
+    assert!(
+        body.contains("data: [DONE]") && !body.contains("\"error\""),
+        "{body}"
+    );
+    assert_eq!(s.stats().aborted, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_head_immediate_turns_a_missing_first_token_into_an_in_band_error() {
+    let s = sim_with(|c| c.ttft = Duration::from_secs(10));
+    let gw = gateway_with(
+        &[&s],
+        "stream_head = \"immediate\"\nfirst_token_timeout = \"300ms\"\nfailures_to_eject = 1000",
+    )
+    .await;
+    let started = Instant::now();
+    let (raw, closed) = raw_stream(&gw).await;
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    assert!(closed, "the gateway kept the connection open:\n{raw}");
+    assert!(
+        raw.ends_with("0\r\n\r\n"),
+        "chunked body not terminated:\n{raw}"
+    );
+    let events = sse_data(&raw);
+    let err = events
+        .iter()
+        .find(|e| e.contains("\"error\""))
+        .unwrap_or_else(|| panic!("no error event:\n{raw}"));
+    assert!(err.contains("first token"), "{raw}");
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(300), "{took:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    wait_until(Duration::from_secs(5), || async { s.stats().aborted == 1 })
+        .await
+        .expect("the silent worker's request was aborted");
+    assert_metric(&gw, &upstream_errors("timeout"), 1.0).await;
+}

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use crate::ratelimit::{OnStoreError, Quotas};
 use crate::request::{JsonLimits, LimitPolicy, ValidationPolicy};
-pub use raw::{Discovery, LimitStore, Routing};
+pub use raw::{Discovery, LimitStore, Routing, StreamHead};
 use raw::{RawApiKey, RawConfig, RawModel, RawRateLimit, RawServer};
 
 /// One problem in a configuration file.
@@ -162,6 +162,7 @@ pub struct PoolPolicy {
     pub breaker: BreakerPolicy,
     /// Largest answer accepted from a worker (JSON or stream).
     pub max_response_bytes: usize,
+    pub stream_head: StreamHead,
 }
 
 /// Circuit breaker over request outcomes (passive health).
@@ -527,6 +528,7 @@ fn model_from_raw(key: &str, raw: RawModel, issues: &mut Issues) -> Option<Model
         },
         max_waiting: raw.max_waiting,
         max_retries: raw.max_retries.unwrap_or(defaults::MAX_RETRIES),
+        stream_head: raw.stream_head.unwrap_or_default(),
         max_response_bytes: match raw.max_response_bytes {
             Some(0) => {
                 issues.push(

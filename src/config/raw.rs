@@ -97,6 +97,7 @@ pub struct RawModel {
     pub max_waiting: Option<u32>,
     pub max_retries: Option<u32>,
     pub max_response_bytes: Option<usize>,
+    pub stream_head: Option<StreamHead>,
     pub failures_to_eject: Option<u32>,
     pub ejection_base: Option<String>,
     pub ejection_max: Option<String>,
@@ -119,6 +120,20 @@ pub enum Routing {
     #[default]
     LeastLoaded,
     PrefixAffinity,
+}
+
+/// When a stream's response head goes to the client.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamHead {
+    /// With the first event (the first token): until then a silent worker
+    /// is a clean 504 and a failing one is retried on another.
+    #[default]
+    FirstEvent,
+    /// As soon as the worker sends its own head, as vLLM does: clients see
+    /// the head at once; a worker that fails or stays silent before its
+    /// first event is an in-band error, no longer a 504 or a retry.
+    Immediate,
 }
 
 /// Where a model's workers come from.
