@@ -28,6 +28,8 @@ usage: bash benches/load.sh [options]
   --soak D              add the soak part, D long (given alone: only the soak runs)
   --soak-connections N  connections during the soak (default 32)
   --gateway-extra FILE  TOML appended to the generated gateway config (starts with a [table])
+  --model-keys TEXT     TOML lines added to every [[models]] table of the gateway, for
+                        example 'stream_head = "immediate"'
   --quick               short everything: 3s runs, 1 run, 1000 streams of 10 s
   --out DIR             where results go (default target/load/<date-time>)
   --keep-tmp            keep the temp dir (configs, logs) for inspection
@@ -48,6 +50,7 @@ STREAM_SECONDS=40
 SOAK=""
 SOAK_CONNECTIONS=32
 GATEWAY_EXTRA=""
+MODEL_KEYS=""
 QUICK=0
 OUT=""
 KEEP_TMP=0
@@ -68,6 +71,7 @@ while [[ $# -gt 0 ]]; do
     --soak) SOAK=$2; shift 2 ;;
     --soak-connections) SOAK_CONNECTIONS=$2; shift 2 ;;
     --gateway-extra) GATEWAY_EXTRA=$2; shift 2 ;;
+    --model-keys) MODEL_KEYS=$2; shift 2 ;;
     --quick) QUICK=1; shift ;;
     --out) OUT=$2; shift 2 ;;
     --keep-tmp) KEEP_TMP=1; shift ;;
@@ -244,6 +248,7 @@ gateway_config() {
       echo "[[models]]"
       echo "name = \"$model\""
       echo "workers = [\"http://${urls//,/\", \"http://}\"]"
+      [[ -z $MODEL_KEYS ]] || echo "$MODEL_KEYS"
     done
   } >"$file"
   # >>> API keys (auth + rate limits): the benchmark runs with a key whose budgets are too
@@ -426,7 +431,7 @@ if has_part compare; then
 
   {
     echo "- compare: closed loop, HTTP/1.1 keep-alive; $DURATION measured after $WARMUP warm-up; $RUNS run(s) of each (target, scenario), targets interleaved"
-    echo "- gateway: auth $GATEWAY_AUTH; metrics on (admin listener); access log to a file"
+    echo "- gateway: auth $GATEWAY_AUTH; metrics on (admin listener); access log to a file${MODEL_KEYS:+; per model: $MODEL_KEYS}"
     echo "- nginx $($NGINX -v 2>&1 | sed 's/.*: //'): worker_processes $PROXY_THREADS, proxy_buffering off, upstream keepalive 256, least_conn, access log to a file"
     echo "- scenarios: json and sse at $CONNECTIONS connections against workers with no compute delay (16 tokens);"
     echo "  sse-paced at $PACED_CONNECTIONS connections against \`loadgen upstream\` workers (5 ms to first token, 2 ms between 16 tokens, each event stamped with its send time): a light load, where the added-latency targets are judged"
