@@ -35,7 +35,7 @@ async fn completions_are_routed_by_model_through_the_pool() {
     let (a, b) = (sim(), sim());
     let gw = gateway_with(&[&a, &b], "").await;
     let body = json!({"model": MODEL, "prompt": "Once upon a time", "max_tokens": 5, "seed": 3});
-    let (status, headers, text) = post(&gw, "/v1/completions", &body).await;
+    let (status, headers, text) = post_json(&gw, "/v1/completions", &body).await;
     assert_eq!(status, 200, "{text}");
     assert!(headers.contains_key("x-request-id"));
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -45,7 +45,7 @@ async fn completions_are_routed_by_model_through_the_pool() {
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].1.json().unwrap(), body);
 
-    let (status, headers, text) = post(
+    let (status, headers, text) = post_json(
         &gw,
         "/v1/completions",
         &json!({"model": MODEL, "prompt": "Hi", "stream": true, "max_tokens": 4}),
@@ -96,7 +96,7 @@ async fn embeddings_are_routed_by_model_and_spread_over_the_pool() {
     // batch of 2 as 2 running requests, which would read as another
     // replica's load at the next scrape; see Worker::foreign_load.)
     let body = json!({"model": MODEL, "input": ["first text", "second text"]});
-    let (status, _, text) = post(&gw, "/v1/embeddings", &body).await;
+    let (status, _, text) = post_json(&gw, "/v1/embeddings", &body).await;
     assert_eq!(status, 200, "{text}");
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(v["object"], "list");
@@ -121,22 +121,22 @@ async fn completions_and_embeddings_bodies_are_checked_before_any_worker() {
         } else {
             "input"
         };
-        let (status, _, text) = post(&gw, path, &json!({field: "x"})).await;
+        let (status, _, text) = post_json(&gw, path, &json!({field: "x"})).await;
         assert_eq!(status, 400, "{path}: {text}");
         let e = openai_error(&text);
         assert_eq!(e["param"], "model", "{text}");
         assert_eq!(e["code"], "missing_required_parameter");
 
-        let (status, _, text) = post(&gw, path, &json!({"model": "nope", field: "x"})).await;
+        let (status, _, text) = post_json(&gw, path, &json!({"model": "nope", field: "x"})).await;
         assert_eq!(status, 404, "{path}: {text}");
         assert_eq!(openai_error(&text)["code"], "model_not_found");
 
-        let (status, _, text) = post(&gw, path, &json!({"model": 7, field: "x"})).await;
+        let (status, _, text) = post_json(&gw, path, &json!({"model": 7, field: "x"})).await;
         assert_eq!(status, 400, "{path}: {text}");
         assert_eq!(openai_error(&text)["param"], "model");
 
         let (status, _, text) =
-            post(&gw, path, &json!({"model": MODEL, field: "x".repeat(3000)})).await;
+            post_json(&gw, path, &json!({"model": MODEL, field: "x".repeat(3000)})).await;
         assert_eq!(status, 413, "{path}: {text}");
         assert_eq!(openai_error(&text)["code"], "request_too_large");
 

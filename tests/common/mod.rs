@@ -142,8 +142,18 @@ pub async fn post_chat(
     gw: &GatewayHandle,
     body: &serde_json::Value,
 ) -> (u16, reqwest::header::HeaderMap, String) {
+    post_json(gw, "/v1/chat/completions", body).await
+}
+
+/// POST `body` to `path` on the gateway's public listener; returns status,
+/// headers and body text.
+pub async fn post_json(
+    gw: &GatewayHandle,
+    path: &str,
+    body: &serde_json::Value,
+) -> (u16, reqwest::header::HeaderMap, String) {
     let r = client()
-        .post(format!("{}/v1/chat/completions", gw.url()))
+        .post(format!("{}{path}", gw.url()))
         .json(body)
         .send()
         .await

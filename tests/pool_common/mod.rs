@@ -125,23 +125,6 @@ pub fn hold(
     })
 }
 
-/// POST `body` to `path` on the gateway's public listener.
-pub async fn post(
-    gw: &GatewayHandle,
-    path: &str,
-    body: &serde_json::Value,
-) -> (u16, reqwest::header::HeaderMap, String) {
-    let r = client()
-        .post(format!("{}{path}", gw.url()))
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    let headers = r.headers().clone();
-    (status, headers, r.text().await.unwrap())
-}
-
 /// Generation requests each simulator received so far.
 pub fn requests_of(sims: &[&SimHandle]) -> Vec<u64> {
     sims.iter().map(|s| s.stats().requests).collect()
