@@ -22,20 +22,6 @@ async fn gateway(keys: &str) -> (SimHandle, GatewayHandle) {
     (s, gw)
 }
 
-async fn chat_with(
-    gw: &GatewayHandle,
-    auth: Option<(&str, &str)>,
-    body: &Value,
-) -> reqwest::Response {
-    let mut r = client()
-        .post(format!("{}/v1/chat/completions", gw.url()))
-        .json(body);
-    if let Some((h, v)) = auth {
-        r = r.header(h, v);
-    }
-    r.send().await.unwrap()
-}
-
 #[tokio::test]
 async fn missing_or_wrong_keys_get_401_and_good_ones_pass() {
     let keys = format!(
@@ -234,21 +220,12 @@ async fn token_budget_is_reserved_up_front_and_refunded_from_usage() {
     );
     // The held request's client leaves: nothing was used, all is refunded.
     held.abort();
-    let c = client();
-    let url = format!("{}/v1/chat/completions", gw.url());
-    wait_until(std::time::Duration::from_secs(5), || {
-        let c = c.clone();
-        let url = url.clone();
-        async move {
-            c.post(url)
-                .header("authorization", "Bearer sk-tpm")
-                .json(&chat_body(json!({"max_tokens": 400})))
-                .send()
-                .await
-                .unwrap()
-                .status()
-                == 200
-        }
+    let body = chat_body(json!({"max_tokens": 400}));
+    wait_until(std::time::Duration::from_secs(5), || async {
+        chat_with(&gw, Some(("authorization", "Bearer sk-tpm")), &body)
+            .await
+            .status()
+            == 200
     })
     .await
     .expect("the refund makes room again");

@@ -82,13 +82,7 @@ async fn gateway(sim_url: &str, top: &str) -> GatewayHandle {
 }
 
 async fn send(gw: &GatewayHandle, body: serde_json::Value) -> reqwest::Response {
-    client()
-        .post(format!("{}/v1/chat/completions", gw.url()))
-        .header("authorization", "Bearer sk-shared")
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
+    chat_with(gw, Some(("authorization", "Bearer sk-shared")), &body).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -146,21 +140,11 @@ async fn two_gateways_share_one_token_budget() {
     assert_eq!(v["error"]["type"], "tokens");
     // Gateway A's client leaves; the refund reaches Redis; B may go on.
     held.abort();
-    let c = client();
-    let url = format!("{}/v1/chat/completions", b.url());
-    wait_until(Duration::from_secs(5), || {
-        let c = c.clone();
-        let url = url.clone();
-        async move {
-            c.post(url)
-                .header("authorization", "Bearer sk-shared")
-                .json(&chat_body(json!({"max_tokens": 100})))
-                .send()
-                .await
-                .unwrap()
-                .status()
-                == 200
-        }
+    wait_until(Duration::from_secs(5), || async {
+        send(&b, chat_body(json!({"max_tokens": 100})))
+            .await
+            .status()
+            == 200
     })
     .await
     .expect("refund shared through Redis");

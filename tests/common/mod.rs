@@ -145,6 +145,21 @@ pub async fn post_chat(
     post_json(gw, "/v1/chat/completions", body).await
 }
 
+/// POST a chat request with an optional (header, value) credential.
+pub async fn chat_with(
+    gw: &GatewayHandle,
+    auth: Option<(&str, &str)>,
+    body: &serde_json::Value,
+) -> reqwest::Response {
+    let mut r = client()
+        .post(format!("{}/v1/chat/completions", gw.url()))
+        .json(body);
+    if let Some((h, v)) = auth {
+        r = r.header(h, v);
+    }
+    r.send().await.unwrap()
+}
+
 /// POST `body` to `path` on the gateway's public listener; returns status,
 /// headers and body text.
 pub async fn post_json(
