@@ -96,7 +96,12 @@ async fn failing_requests_eject_a_worker_with_backoff_and_a_probe_restores_it() 
     )
     .await;
     s.set_faults(failing(500));
+    // Each ejection clock is read before the request that trips the
+    // breaker: the gateway starts the ejection before its 502 reaches us,
+    // so a clock read after the answer would undercount the ejection.
+    let mut ejected_at = None;
     for _ in 0..3 {
+        ejected_at = Some(Instant::now());
         let (status, _, body) = post_chat(&gw, &chat_body(json!({}))).await;
         // The worker's 500 reaches the client as an OpenAI-shaped 502 with
         // the worker's message; it counts against the worker.
@@ -104,7 +109,7 @@ async fn failing_requests_eject_a_worker_with_backoff_and_a_probe_restores_it() 
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["error"]["code"], "upstream_error", "{body}");
     }
-    let ejected_at = Instant::now();
+    let ejected_at = ejected_at.expect("three requests were sent");
     assert_eq!(
         reported_state(&gw, &s.url()).await.as_deref(),
         Some("ejected")
@@ -132,9 +137,9 @@ async fn failing_requests_eject_a_worker_with_backoff_and_a_probe_restores_it() 
     // again, for twice as long.
     wait_state(&gw, &s.url(), "half_open", Duration::from_secs(10)).await;
     assert!(ejected_at.elapsed() >= Duration::from_millis(300));
+    let again_at = Instant::now();
     let (status, _, _) = post_chat(&gw, &chat_body(json!({}))).await;
     assert_eq!(status, 502);
-    let again_at = Instant::now();
     assert_eq!(
         reported_state(&gw, &s.url()).await.as_deref(),
         Some("ejected")
