@@ -21,17 +21,14 @@
 //!   own deadline, and a failure after the answer started is reported in-band
 //!   as an SSE error event, the way vLLM reports in-stream errors.
 //!
-//! The client side is Pingora's HTTP/1 session; answers are parsed by
-//! Pingora's HTTP/1 client session over connections from [`crate::upstream`].
+//! The client side is Pingora's HTTP/1 session; the worker side is
+//! [`crate::upstream::http1`] over connections from [`crate::upstream`].
 
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
-use pingora_core::protocols::http::v1::client::{
-    http_req_header_to_wire, HttpSession as UpstreamSession,
-};
+use bytes::{Bytes, BytesMut};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
 use tokio::io::AsyncWriteExt;
@@ -41,6 +38,7 @@ use crate::deadline::{sleep_until, Idle};
 use crate::error::GatewayError;
 use crate::pool::{PickReason, Reservation, WorkerPool};
 use crate::upstream;
+use crate::upstream::http1::{encode_request, Head, WorkerResponse};
 
 /// What the exchange sends upstream.
 pub struct UpstreamRequest {
@@ -116,7 +114,7 @@ pub struct ExchangeReport {
 /// A worker's answer, ready to be relayed: nothing of it went to the client
 /// yet.
 struct Answer {
-    up: UpstreamSession,
+    up: WorkerResponse,
     /// A stream's first body bytes, read before the client sees anything so
     /// that the first-token timeout covers them (see [`attempt`]).
     first: Option<Bytes>,
@@ -238,16 +236,12 @@ pub async fn exchange(
             }
         }
     };
-    let Some(head) = answer.up.resp_header() else {
+    let Some(head) = answer.up.head() else {
         return Err(GatewayError::UpstreamProtocol {
             model: pool.model.to_string(),
         });
     };
-    let is_sse = head
-        .headers
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.trim_start().starts_with("text/event-stream"));
+    let is_sse = head.is_sse;
     report.is_sse = is_sse;
     let relayed = if is_sse {
         stream_answer(
@@ -283,9 +277,7 @@ pub async fn exchange(
     // slot is given back now, and its connection can serve the next request.
     let worker = Arc::clone(&reservation.worker);
     drop(reservation);
-    let mut upstream = upstream;
-    upstream.respect_keepalive();
-    if let Some(stream) = upstream.reuse().await {
+    if let Some(stream) = upstream.into_reusable() {
         worker.connections.put(stream);
     }
     Ok(())
@@ -307,7 +299,7 @@ async fn whole_answer(
     answer: Answer,
     reservation: &Reservation,
     deadline: Instant,
-) -> Result<Option<UpstreamSession>, GatewayError> {
+) -> Result<Option<WorkerResponse>, GatewayError> {
     let Answer {
         up: mut upstream,
         first,
@@ -328,7 +320,7 @@ async fn whole_answer(
         loop {
             tokio::select! {
                 biased;
-                read = upstream.read_body_bytes() => match read {
+                read = upstream.read_body() => match read {
                     Ok(Some(chunk)) => {
                         idle.touch();
                         total += chunk.len();
@@ -363,10 +355,10 @@ async fn whole_answer(
             }
         }
     }
-    let Some(head) = upstream.resp_header() else {
+    let Some(head) = upstream.head() else {
         return Err(GatewayError::UpstreamProtocol { model: model() });
     };
-    let status = head.status.as_u16();
+    let status = head.status;
     let body = join(chunks, total);
     if status >= 400 {
         // The worker refused or failed: answer in OpenAI's shape
@@ -477,18 +469,18 @@ async fn stream_answer(
     answer: Answer,
     reservation: &Reservation,
     deadline: Instant,
-) -> Result<Option<UpstreamSession>, GatewayError> {
+) -> Result<Option<WorkerResponse>, GatewayError> {
     let Answer {
         up: mut upstream,
         first,
         ended,
     } = answer;
-    let Some(head) = upstream.resp_header() else {
+    let Some(head) = upstream.head() else {
         return Err(GatewayError::UpstreamProtocol {
             model: pool.model.to_string(),
         });
     };
-    let status = head.status.as_u16();
+    let status = head.status;
     tap.on_head(status, true);
     let http11 = session.req_header().version == http::Version::HTTP_11;
     let client_head = client_response_head(head, req, true, http11)?;
@@ -535,14 +527,13 @@ async fn stream_answer(
         loop {
             tokio::select! {
                 biased;
-                read = upstream.read_body_bytes() => match read {
+                read = upstream.read_body() => match read {
                     Ok(Some(chunk)) => {
                         if awaiting_first {
                             awaiting_first = false;
                             idle.set_limit(pool.timeouts.idle);
                         }
                         idle.touch();
-                        let (chunk, tail) = gather(&mut upstream, chunk).await;
                         total += chunk.len();
                         if total > limit {
                             reservation.worker.record_failure(&pool.policy.breaker);
@@ -559,22 +550,11 @@ async fn stream_answer(
                                 return Ok(None);
                             }
                         }
-                        match tail {
-                            Tail::Open => {}
-                            Tail::Ended => break,
-                            Tail::Failed => {
-                                reservation.worker.record_failure(&pool.policy.breaker);
-                                fail_mid_answer(session, tap, report, "reset",
-                                    "The worker stopped sending the answer before it was complete.").await;
-                                return Ok(None);
-                            }
-                        }
                     }
                     Ok(None) => break,
-                    Err(e) => {
-                        let kind = if e.etype() == &pingora_error::ErrorType::ReadTimedout { "timeout" } else { "reset" };
+                    Err(_) => {
                         reservation.worker.record_failure(&pool.policy.breaker);
-                        fail_mid_answer(session, tap, report, kind,
+                        fail_mid_answer(session, tap, report, "reset",
                             "The worker stopped sending the answer before it was complete.").await;
                         return Ok(None);
                     }
@@ -622,53 +602,6 @@ async fn stream_answer(
 }
 
 const MALFORMED: &str = "The worker sent a malformed event stream.";
-
-/// What the upstream body did right after the chunks [`gather`] took.
-enum Tail {
-    /// More may come.
-    Open,
-    Ended,
-    Failed,
-}
-
-/// Largest run of already-arrived chunks sent as one write.
-const GATHER_LIMIT: usize = 64 * 1024;
-
-/// Take `first` and every further chunk the worker has already sent (no
-/// waiting), so a burst of events leaves in one write instead of one each.
-/// Pingora hands out one HTTP chunk per read even when a socket read brought
-/// many; an event that has not arrived yet is never waited for.
-async fn gather(upstream: &mut UpstreamSession, first: Bytes) -> (Bytes, Tail) {
-    use futures_util::FutureExt;
-    let mut joined: Option<bytes::BytesMut> = None;
-    let mut len = first.len();
-    let mut tail = Tail::Open;
-    while len < GATHER_LIMIT {
-        // `unconstrained`: data already buffered must not look pending only
-        // because the task used up its cooperative budget.
-        match tokio::task::unconstrained(upstream.read_body_bytes()).now_or_never() {
-            Some(Ok(Some(more))) => {
-                let buf = joined.get_or_insert_with(|| {
-                    let mut b = bytes::BytesMut::with_capacity(len * 4);
-                    b.extend_from_slice(&first);
-                    b
-                });
-                buf.extend_from_slice(&more);
-                len += more.len();
-            }
-            Some(Ok(None)) => {
-                tail = Tail::Ended;
-                break;
-            }
-            Some(Err(_)) => {
-                tail = Tail::Failed;
-                break;
-            }
-            None => break,
-        }
-    }
-    (joined.map_or(first, bytes::BytesMut::freeze), tail)
-}
 
 /// What happened to one chunk of a stream.
 enum Relayed {
@@ -751,15 +684,10 @@ async fn attempt(
 
     // Head and body leave in one write (one segment for a typical request)
     // rather than a write and a flush each.
-    let Some(header) = upstream_request_head(session.req_header(), req, &worker.url) else {
-        return Err(AttemptError::Fatal(GatewayError::Internal, None));
-    };
-    let Some(mut wire) = http_req_header_to_wire(&header) else {
-        return Err(AttemptError::Fatal(GatewayError::Internal, None));
-    };
+    let coalesce = req.body.len() <= COALESCE_BODY;
+    let wire = upstream_request(session.req_header(), req, &worker.url, coalesce);
     let sent = async {
-        if req.body.len() <= COALESCE_BODY {
-            wire.extend_from_slice(&req.body);
+        if coalesce {
             stream.write_all(&wire).await.ok()?;
         } else {
             stream.write_all(&wire).await.ok()?;
@@ -784,7 +712,7 @@ async fn attempt(
             "reset"
         }));
     }
-    let mut up = UpstreamSession::new(stream);
+    let mut up = WorkerResponse::new(stream);
 
     // Non-streaming answers have no head before generation ends, so only the
     // total deadline bounds them; a stream's head and first event must come
@@ -809,11 +737,11 @@ async fn attempt(
     };
     let head = tokio::select! {
         biased;
-        r = up.read_response() => r,
+        r = up.read_head() => r.map(|h| h.status),
         _ = session.as_downstream_mut().read_body_or_idle(true) => return Err(AttemptError::ClientGone),
         () = sleep_until(head_deadline) => return Err(timed_out()),
     };
-    if head.is_err() {
+    let Ok(status) = head else {
         // Reset before the response head: nothing was answered, so another
         // worker may take the request.
         return Err(AttemptError::Retryable(if reused {
@@ -821,8 +749,7 @@ async fn attempt(
         } else {
             "reset"
         }));
-    }
-    let status = up.get_status().map_or(0, |s| s.as_u16());
+    };
     if status == 503 {
         // vLLM's admission limit answers 503 precisely so that a balancer
         // retries elsewhere (vllm.md §8).
@@ -837,7 +764,7 @@ async fn attempt(
     }
     let first = tokio::select! {
         biased;
-        r = up.read_body_bytes() => r,
+        r = up.read_body() => r,
         _ = session.as_downstream_mut().read_body_or_idle(true) => return Err(AttemptError::ClientGone),
         () = sleep_until(head_deadline) => return Err(timed_out()),
     };
@@ -858,27 +785,22 @@ async fn attempt(
     }
 }
 
-fn upstream_request_head(
+/// The request as the worker gets it: the client's end-to-end headers minus
+/// credentials and the ones the gateway sets, then the body if `with_body`.
+fn upstream_request(
     client: &RequestHeader,
     req: &UpstreamRequest,
     worker_url: &str,
-) -> Option<RequestHeader> {
-    let mut h =
-        RequestHeader::build_no_case("POST", req.path.as_bytes(), Some(client.headers.len() + 4))
-            .ok()?;
-    for (name, value) in client.headers.iter() {
-        let n = name.as_str();
-        if HOP_BY_HOP.contains(&n) || REQUEST_DROP.contains(&n) {
-            continue;
-        }
-        h.append_header(name.clone(), value.clone()).ok()?;
-    }
+    with_body: bool,
+) -> BytesMut {
     let host = worker_url.strip_prefix("http://").unwrap_or(worker_url);
-    h.insert_header("host", host).ok()?;
-    h.insert_header("content-length", req.body.len().to_string())
-        .ok()?;
-    h.insert_header("x-request-id", &*req.request_id).ok()?;
-    Some(h)
+    let passed = client
+        .headers
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_bytes()))
+        .filter(|(n, _)| !HOP_BY_HOP.contains(n) && !REQUEST_DROP.contains(n))
+        .chain(std::iter::once(("x-request-id", req.request_id.as_bytes())));
+    encode_request("POST", req.path, host, passed, &req.body, with_body)
 }
 
 /// The head the client gets. An answer of unknown length (a stream) is sent
@@ -888,14 +810,14 @@ fn upstream_request_head(
 /// looked exactly like a complete one. Chunked, a clean end is the
 /// terminating chunk.
 fn client_response_head(
-    upstream: &ResponseHeader,
+    upstream: &Head,
     req: &UpstreamRequest,
     is_sse: bool,
     http11: bool,
 ) -> Result<ResponseHeader, GatewayError> {
     let mut h = ResponseHeader::build_no_case(upstream.status, Some(upstream.headers.len() + 4))
         .map_err(|_| GatewayError::Internal)?;
-    for (name, value) in upstream.headers.iter() {
+    for (name, value) in &upstream.headers {
         let n = name.as_str();
         if HOP_BY_HOP.contains(&n) || n == "x-request-id" || (is_sse && n == "content-length") {
             continue;

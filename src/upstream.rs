@@ -19,6 +19,8 @@ use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::Stream;
 use tokio::io::AsyncReadExt;
 
+pub mod http1;
+
 /// Idle connections kept per worker and thread: enough for a burst's worth of
 /// concurrency to find warm connections, bounded so a spike does not leave
 /// thousands of sockets behind.

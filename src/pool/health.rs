@@ -14,14 +14,14 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use pingora_core::protocols::http::v1::client::HttpSession as UpstreamSession;
 use pingora_core::server::ShutdownWatch;
-use pingora_http::RequestHeader;
+use tokio::io::AsyncWriteExt;
 
 use crate::config::HealthPolicy;
 use crate::pool::Worker;
 use crate::state::Shared;
 use crate::upstream;
+use crate::upstream::http1::{self, WorkerResponse};
 
 /// Largest `/health`, `/v1/models` or `/metrics` answer read; a worker
 /// sending more fails the check rather than growing the gateway's memory.
@@ -235,31 +235,27 @@ pub async fn call(
             Some(s) => s,
             None => upstream::connect(worker.addr, timeout).await.ok()?,
         };
-        let mut session = UpstreamSession::new(stream);
-        let mut req = RequestHeader::build(method, path.as_bytes(), Some(3)).ok()?;
-        req.insert_header("host", worker.addr.to_string()).ok()?;
+        let mut stream = stream;
         let body = json_body.unwrap_or_default();
-        if json_body.is_some() {
-            req.insert_header("content-type", "application/json").ok()?;
-        }
-        req.insert_header("content-length", body.len().to_string())
-            .ok()?;
-        session.write_request_header(Box::new(req)).await.ok()?;
-        if !body.is_empty() {
-            session.write_body(body).await.ok()?;
-        }
-        session.finish_body().await.ok()?;
-        session.read_response().await.ok()?;
-        let status = session.get_status()?.as_u16();
+        let json: &[(&str, &[u8])] = if json_body.is_some() {
+            &[("content-type", b"application/json")]
+        } else {
+            &[]
+        };
+        let host = worker.addr.to_string();
+        let wire = http1::encode_request(method, path, &host, json.iter().copied(), body, true);
+        stream.write_all(&wire).await.ok()?;
+        stream.flush().await.ok()?;
+        let mut answer_of = WorkerResponse::new(stream);
+        let status = answer_of.read_head().await.ok()?.status;
         let mut answer = BytesMut::new();
-        while let Some(chunk) = session.read_body_bytes().await.ok()? {
+        while let Some(chunk) = answer_of.read_body().await.ok()? {
             if answer.len() + chunk.len() > MAX_PROBE_BODY {
                 return None;
             }
             answer.extend_from_slice(&chunk);
         }
-        session.respect_keepalive();
-        if let Some(stream) = session.reuse().await {
+        if let Some(stream) = answer_of.into_reusable() {
             worker.probes.put(stream);
         }
         Some((status, answer.freeze()))

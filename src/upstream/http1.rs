@@ -1,0 +1,735 @@
+//! HTTP/1.1 on a worker connection: the request head written as bytes, and
+//! the answer read back with its body framing (Content-Length, chunked, or
+//! until close), decoded in the read buffer.
+//!
+//! Pingora's client session did this before; a profile and a heap profile
+//! showed what it cost a gateway that only ever sends one POST and reads one
+//! answer per connection turn: every answer head went into a `HeaderMap`
+//! (hashed, then copied again into the client's head), every connection
+//! carried a 4 KiB head buffer plus a 64 KiB body buffer, and a socket read
+//! holding several SSE events came out one HTTP chunk per call. Here one
+//! small buffer grows only when an answer needs it, the head is parsed once
+//! (`httparse`) into the few facts the exchange uses plus the headers to
+//! relay, and one call hands out every body byte already read.
+
+use std::io;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{HeaderName, HeaderValue};
+use pingora_core::protocols::Stream;
+use tokio::io::AsyncReadExt;
+
+/// A worker's answer head larger than this is refused: vLLM's are a few
+/// hundred bytes.
+const MAX_HEAD: usize = 32 * 1024;
+/// Headers in a worker's answer head, at most.
+const MAX_HEADERS: usize = 64;
+/// A chunk-size line or a trailer section larger than this is refused.
+const MAX_FRAMING: usize = 4 * 1024;
+/// First read buffer of a connection turn: a head and a few events fit. A
+/// slow stream holds it for minutes, ten thousand streams at once, so it
+/// starts small and grows only for an answer that needs more.
+const INITIAL_BUFFER: usize = 1024;
+/// Largest single read while a body of known length arrives.
+const MAX_READ: usize = 256 * 1024;
+
+/// The part of a worker's answer head the exchange uses.
+#[derive(Debug)]
+pub struct Head {
+    pub status: u16,
+    /// `Content-Type: text/event-stream`.
+    pub is_sse: bool,
+    /// Headers to relay (hop-by-hop ones included; the relay filters).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Body {
+    /// This many bytes remain.
+    Length(u64),
+    /// Chunked, at this point of a chunk.
+    Chunked(ChunkState),
+    /// Until the worker closes the connection.
+    UntilClose,
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    /// A chunk-size line is next.
+    Size,
+    /// This many bytes of chunk data remain.
+    Data(u64),
+    /// The CRLF after a chunk's data.
+    DataEnd,
+    /// After the last chunk: trailer lines up to an empty line.
+    Trailers,
+}
+
+fn invalid(what: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what)
+}
+
+/// One answer being read from a worker connection.
+pub struct WorkerResponse {
+    stream: Stream,
+    buf: BytesMut,
+    head: Option<Head>,
+    body: Body,
+    /// The connection may carry another request once the body is done.
+    keep_alive: bool,
+}
+
+impl WorkerResponse {
+    pub fn new(stream: Stream) -> Self {
+        WorkerResponse {
+            stream,
+            buf: BytesMut::new(),
+            head: None,
+            body: Body::Done,
+            keep_alive: false,
+        }
+    }
+
+    /// The head, once [`Self::read_head`] succeeded.
+    pub fn head(&self) -> Option<&Head> {
+        self.head.as_ref()
+    }
+
+    /// Read up to the final answer head (informational 1xx heads are
+    /// skipped). `Err` for a connection that closed or broke before it, or a
+    /// head that is not HTTP/1.x.
+    pub async fn read_head(&mut self) -> io::Result<&Head> {
+        loop {
+            if let Some((len, parsed)) = parse_head(&self.buf)? {
+                self.buf.advance(len);
+                let Some(parsed) = parsed else {
+                    // 1xx: another head follows.
+                    continue;
+                };
+                let (head, body, keep_alive) = parsed;
+                self.body = body;
+                self.keep_alive = keep_alive;
+                return Ok(self.head.insert(head));
+            }
+            if self.buf.len() >= MAX_HEAD {
+                return Err(invalid("answer head too large"));
+            }
+            if self.fill(0).await? == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed before an answer head",
+                ));
+            }
+        }
+    }
+
+    /// The next body bytes: everything already read and decoded, or, when
+    /// there is nothing, what one socket read brings. `None` once the body
+    /// is complete. A short read is handed out as it is (a stream's event
+    /// must not wait for the next one).
+    pub async fn read_body(&mut self) -> io::Result<Option<Bytes>> {
+        loop {
+            if let Some(out) = self.decode()? {
+                return Ok(Some(out));
+            }
+            if self.body == Body::Done {
+                return Ok(None);
+            }
+            let want = match self.body {
+                Body::Length(n) => usize::try_from(n).unwrap_or(MAX_READ).min(MAX_READ),
+                _ => 0,
+            };
+            if self.fill(want).await? == 0 {
+                if self.body == Body::UntilClose {
+                    self.body = Body::Done;
+                    self.keep_alive = false;
+                    return Ok(None);
+                }
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed in the middle of the answer body",
+                ));
+            }
+        }
+    }
+
+    /// The connection, when the answer was read to its end and the
+    /// connection may carry another request.
+    pub fn into_reusable(self) -> Option<Stream> {
+        // Bytes after the end of the answer are not a valid start of the
+        // next turn: nothing was asked yet.
+        (self.head.is_some() && self.body == Body::Done && self.keep_alive && self.buf.is_empty())
+            .then_some(self.stream)
+    }
+
+    /// Read once from the socket into the buffer, making room first; `want`
+    /// is how much the caller expects (0: any). Returns the bytes read.
+    async fn fill(&mut self, want: usize) -> io::Result<usize> {
+        let spare = self.buf.capacity() - self.buf.len();
+        if spare < 512 || spare < want {
+            let grow = if self.buf.capacity() == 0 {
+                INITIAL_BUFFER
+            } else {
+                self.buf.len().max(INITIAL_BUFFER)
+            };
+            // `reserve` reuses the allocation when every piece handed out
+            // from it has been dropped.
+            self.buf.reserve(grow.max(want));
+        }
+        self.stream.read_buf(&mut self.buf).await
+    }
+
+    /// Decode what the buffer holds of the body; `None` when it holds none.
+    fn decode(&mut self) -> io::Result<Option<Bytes>> {
+        match self.body {
+            Body::Done => Ok(None),
+            Body::Length(remaining) => {
+                if self.buf.is_empty() {
+                    return Ok(None);
+                }
+                let n = usize::try_from(remaining)
+                    .unwrap_or(usize::MAX)
+                    .min(self.buf.len());
+                let left = remaining - n as u64;
+                self.body = if left == 0 {
+                    Body::Done
+                } else {
+                    Body::Length(left)
+                };
+                Ok(Some(self.buf.split_to(n).freeze()))
+            }
+            Body::UntilClose => {
+                if self.buf.is_empty() {
+                    return Ok(None);
+                }
+                Ok(Some(self.buf.split().freeze()))
+            }
+            Body::Chunked(state) => self.decode_chunked(state),
+        }
+    }
+
+    /// Chunked framing is removed in place: data bytes are moved down over
+    /// the framing before them, so every chunk in the buffer comes out as one
+    /// piece without a copy into another buffer (and a single chunk, the
+    /// common case, without moving at all).
+    fn decode_chunked(&mut self, mut state: ChunkState) -> io::Result<Option<Bytes>> {
+        // Decoded data is buf[..out]; input not yet consumed starts at `at`.
+        let mut out = 0usize;
+        let mut at = 0usize;
+        let mut done = false;
+        loop {
+            let input = &self.buf[at..];
+            match state {
+                ChunkState::Size => match httparse::parse_chunk_size(input) {
+                    Ok(httparse::Status::Complete((used, size))) => {
+                        at += used;
+                        state = if size == 0 {
+                            ChunkState::Trailers
+                        } else {
+                            ChunkState::Data(size)
+                        };
+                    }
+                    Ok(httparse::Status::Partial) => {
+                        if input.len() > MAX_FRAMING {
+                            return Err(invalid("chunk size line too long"));
+                        }
+                        break;
+                    }
+                    Err(_) => return Err(invalid("bad chunk size")),
+                },
+                ChunkState::Data(remaining) => {
+                    if input.is_empty() {
+                        break;
+                    }
+                    if out == 0 && at > 0 {
+                        // Nothing decoded yet: drop the framing in front
+                        // instead of moving the data over it.
+                        self.buf.advance(at);
+                        at = 0;
+                    }
+                    let n = usize::try_from(remaining)
+                        .unwrap_or(usize::MAX)
+                        .min(self.buf.len() - at);
+                    if at != out {
+                        self.buf.copy_within(at..at + n, out);
+                    }
+                    out += n;
+                    at += n;
+                    let left = remaining - n as u64;
+                    state = if left == 0 {
+                        ChunkState::DataEnd
+                    } else {
+                        ChunkState::Data(left)
+                    };
+                }
+                ChunkState::DataEnd => {
+                    if input.len() < 2 {
+                        break;
+                    }
+                    if &input[..2] != b"\r\n" {
+                        return Err(invalid("chunk data not followed by CRLF"));
+                    }
+                    at += 2;
+                    state = ChunkState::Size;
+                }
+                ChunkState::Trailers => {
+                    let Some(eol) = memchr::memmem::find(input, b"\r\n") else {
+                        if input.len() > MAX_FRAMING {
+                            return Err(invalid("trailer section too long"));
+                        }
+                        break;
+                    };
+                    at += eol + 2;
+                    if eol == 0 {
+                        done = true;
+                        break;
+                    }
+                }
+            }
+        }
+        self.body = if done {
+            Body::Done
+        } else {
+            Body::Chunked(state)
+        };
+        let data = self.buf.split_to(out).freeze();
+        self.buf.advance(at - out);
+        Ok((!data.is_empty()).then_some(data))
+    }
+}
+
+type Parsed = (Head, Body, bool);
+
+/// Parse an answer head at the start of `buf`: `None` while incomplete;
+/// `Some((len, None))` for an informational 1xx head to skip; else the head,
+/// its body framing and whether the connection stays open after it
+/// (RFC 9112 §6.3, §9.3).
+fn parse_head(buf: &[u8]) -> io::Result<Option<(usize, Option<Parsed>)>> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut res = httparse::Response::new(&mut slots);
+    let len = match res.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(invalid("too many answer headers")),
+        Err(_) => return Err(invalid("malformed answer head")),
+    };
+    let status = res.code.unwrap_or(0);
+    if (100..200).contains(&status) {
+        if status == 101 {
+            return Err(invalid("a worker may not switch protocols"));
+        }
+        return Ok(Some((len, None)));
+    }
+    let http11 = res.version == Some(1);
+    let mut keep_alive = http11;
+    let mut chunked = false;
+    let mut transfer_encoding = false;
+    let mut length: Option<u64> = None;
+    let mut is_sse = false;
+    let mut headers = Vec::with_capacity(res.headers.len());
+    for h in res.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| invalid("bad answer header name"))?;
+        let value =
+            HeaderValue::from_bytes(h.value).map_err(|_| invalid("bad answer header value"))?;
+        if name == http::header::CONTENT_LENGTH {
+            let n = std::str::from_utf8(h.value)
+                .ok()
+                .map(str::trim)
+                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or_else(|| invalid("bad Content-Length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(invalid("conflicting Content-Length"));
+            }
+            length = Some(n);
+        } else if name == http::header::TRANSFER_ENCODING {
+            transfer_encoding = true;
+            // Only the last coding decides whether the body is chunked.
+            chunked = h
+                .value
+                .rsplit(|&b| b == b',')
+                .next()
+                .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if name == http::header::CONNECTION {
+            for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    keep_alive = false;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") && !http11 {
+                    keep_alive = true;
+                }
+            }
+        } else if name == http::header::CONTENT_TYPE {
+            is_sse = h
+                .value
+                .trim_ascii_start()
+                .get(..17)
+                .is_some_and(|ct| ct.eq_ignore_ascii_case(b"text/event-stream"));
+        }
+        headers.push((name, value));
+    }
+    let body = if status == 204 || status == 304 {
+        Body::Done
+    } else if transfer_encoding {
+        // With both, Transfer-Encoding wins and the connection is not
+        // trusted for another turn (RFC 9112 §6.3 item 3).
+        if length.is_some() {
+            keep_alive = false;
+        }
+        if chunked {
+            Body::Chunked(ChunkState::Size)
+        } else {
+            keep_alive = false;
+            Body::UntilClose
+        }
+    } else if let Some(n) = length {
+        if n == 0 {
+            Body::Done
+        } else {
+            Body::Length(n)
+        }
+    } else {
+        keep_alive = false;
+        Body::UntilClose
+    };
+    Ok(Some((
+        len,
+        Some((
+            Head {
+                status,
+                is_sse,
+                headers,
+            },
+            body,
+            keep_alive,
+        )),
+    )))
+}
+
+/// A request head, with `body` behind it when `with_body` (a small body
+/// leaves in the same write). Header names and values come from sources
+/// already validated (Pingora's request parser, the gateway's own strings).
+pub fn encode_request<'a>(
+    method: &str,
+    path: &str,
+    host: &str,
+    headers: impl Iterator<Item = (&'a str, &'a [u8])>,
+    body: &[u8],
+    with_body: bool,
+) -> BytesMut {
+    use std::fmt::Write;
+    let mut out = BytesMut::with_capacity(384 + if with_body { body.len() } else { 0 });
+    out.extend_from_slice(method.as_bytes());
+    out.extend_from_slice(b" ");
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    out.extend_from_slice(host.as_bytes());
+    // Writing into a BytesMut cannot fail.
+    let _ = write!(out, "\r\ncontent-length: {}\r\n", body.len());
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if with_body {
+        out.extend_from_slice(body);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
+
+    fn head_of(text: &str) -> io::Result<Option<(usize, Option<Parsed>)>> {
+        parse_head(text.as_bytes())
+    }
+
+    fn framing(text: &str) -> (Body, bool) {
+        let (_, parsed) = head_of(text).unwrap().unwrap();
+        let (_, body, keep_alive) = parsed.unwrap();
+        (body, keep_alive)
+    }
+
+    #[test]
+    fn heads_decide_framing_and_keep_alive() {
+        let h = "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello";
+        let (len, parsed) = head_of(h).unwrap().unwrap();
+        assert_eq!(len, h.len() - 5);
+        let (head, body, keep_alive) = parsed.unwrap();
+        assert_eq!(
+            (head.status, body, keep_alive),
+            (200, Body::Length(5), true)
+        );
+        assert_eq!(head.headers.len(), 1);
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, Chunked\r\n\r\n"),
+            (Body::Chunked(ChunkState::Size), true)
+        );
+        // A coding other than chunked last: the body runs to the close.
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, gzip\r\n\r\n"),
+            (Body::UntilClose, false)
+        );
+        // Both framings: chunked wins, the connection is not reused.
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n"),
+            (Body::Chunked(ChunkState::Size), false)
+        );
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\n\r\n"),
+            (Body::UntilClose, false)
+        );
+        assert_eq!(
+            framing(
+                "HTTP/1.1 200 OK\r\nconnection: keep-alive, Close\r\ncontent-length: 0\r\n\r\n"
+            ),
+            (Body::Done, false)
+        );
+        assert_eq!(
+            framing("HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n"),
+            (Body::Length(1), false)
+        );
+        assert_eq!(
+            framing("HTTP/1.0 200 OK\r\nConnection: keep-alive\r\ncontent-length: 1\r\n\r\n"),
+            (Body::Length(1), true)
+        );
+        assert_eq!(
+            framing("HTTP/1.1 204 No Content\r\ncontent-length: 9\r\n\r\n"),
+            (Body::Done, true)
+        );
+        // The same length twice is fine; two lengths are not.
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 2\r\n\r\n"),
+            (Body::Length(2), true)
+        );
+        for bad in [
+            "HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: +2\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 2, 2\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 99999999999999999999999\r\n\r\n",
+            "HTTP/1.1 101 Switching Protocols\r\n\r\n",
+            "SSH-2.0-OpenSSH_9.2\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nbad header\r\n\r\n",
+        ] {
+            assert!(head_of(bad).is_err(), "{bad:?}");
+        }
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("x-{i}: 1\r\n")).collect();
+        assert!(head_of(&format!("HTTP/1.1 200 OK\r\n{many}\r\n")).is_err());
+        // Incomplete, and informational heads to skip.
+        assert!(head_of("HTTP/1.1 200 OK\r\ncontent-le").unwrap().is_none());
+        let (len, skipped) = head_of("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200")
+            .unwrap()
+            .unwrap();
+        assert_eq!(len, 25);
+        assert!(skipped.is_none());
+        let sse = "HTTP/1.1 200 OK\r\nContent-Type:  Text/Event-Stream; charset=utf-8\r\n\r\n";
+        assert!(head_of(sse).unwrap().unwrap().1.unwrap().0.is_sse);
+        let json = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n";
+        assert!(!head_of(json).unwrap().unwrap().1.unwrap().0.is_sse);
+    }
+
+    /// A response over a real loopback connection; the test writes the
+    /// worker's side.
+    async fn pair() -> (WorkerResponse, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stream = crate::upstream::connect(addr, Duration::from_secs(1))
+            .await
+            .unwrap();
+        let (worker, _) = listener.accept().await.unwrap();
+        (WorkerResponse::new(stream), worker)
+    }
+
+    /// Feed `pieces` to the decoder one after another as if each were one
+    /// socket read; everything it hands out, and whether it finished.
+    fn decode_pieces(r: &mut WorkerResponse, pieces: &[&[u8]]) -> io::Result<(Vec<u8>, usize)> {
+        let mut out = Vec::new();
+        let mut calls = 0;
+        for piece in pieces {
+            r.buf.extend_from_slice(piece);
+            while let Some(data) = r.decode()? {
+                calls += 1;
+                out.extend_from_slice(&data);
+            }
+        }
+        Ok((out, calls))
+    }
+
+    const CHUNKED: &[u8] =
+        b"5\r\nhello\r\n7;ext=\"a\"\r\n, world\r\n1\r\n!\r\n0\r\nx-trailer: 1\r\n\r\n";
+
+    #[tokio::test]
+    async fn chunked_bodies_decode_whatever_the_reads_are() {
+        let (mut r, _worker) = pair().await;
+        for i in 0..=CHUNKED.len() {
+            for j in i..=CHUNKED.len() {
+                r.buf.clear();
+                r.body = Body::Chunked(ChunkState::Size);
+                let (data, _) =
+                    decode_pieces(&mut r, &[&CHUNKED[..i], &CHUNKED[i..j], &CHUNKED[j..]]).unwrap();
+                assert_eq!(data, b"hello, world!", "split at {i}, {j}");
+                assert_eq!(r.body, Body::Done, "split at {i}, {j}");
+                assert!(r.buf.is_empty());
+            }
+        }
+        // Everything already read comes out in one piece.
+        r.buf.clear();
+        r.body = Body::Chunked(ChunkState::Size);
+        let (data, calls) = decode_pieces(&mut r, &[CHUNKED]).unwrap();
+        assert_eq!((data.as_slice(), calls), (&b"hello, world!"[..], 1));
+        // Bytes after the end stay in the buffer (so the connection is not
+        // reused).
+        r.buf.clear();
+        r.body = Body::Chunked(ChunkState::Size);
+        decode_pieces(&mut r, &[CHUNKED, b"HTTP/1.1 200"]).unwrap();
+        assert_eq!(&r.buf[..], b"HTTP/1.1 200");
+    }
+
+    #[tokio::test]
+    async fn broken_chunked_framing_is_an_error() {
+        let (mut r, _worker) = pair().await;
+        for bad in [
+            &b"zz\r\nhello\r\n"[..],
+            b"5\r\nhelloXX0\r\n\r\n",
+            b"fffffffffffffffffffff\r\n",
+        ] {
+            r.buf.clear();
+            r.body = Body::Chunked(ChunkState::Size);
+            assert!(decode_pieces(&mut r, &[bad]).is_err(), "{bad:?}");
+        }
+        r.buf.clear();
+        r.body = Body::Chunked(ChunkState::Size);
+        let endless = vec![b'1'; MAX_FRAMING + 1];
+        assert!(decode_pieces(&mut r, &[&endless]).is_err());
+    }
+
+    #[tokio::test]
+    async fn reads_an_answer_off_the_socket_and_hands_the_connection_back() {
+        let (mut r, mut worker) = pair().await;
+        let write = tokio::spawn(async move {
+            worker
+                .write_all(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ntransfer-")
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            worker
+                .write_all(b"encoding: chunked\r\ncontent-type: text/event-stream\r\n\r\n5\r\nhel")
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            worker.write_all(&CHUNKED[6..]).await.unwrap();
+            worker
+        });
+        let head = r.read_head().await.unwrap();
+        assert_eq!((head.status, head.is_sse), (200, true));
+        let mut body = Vec::new();
+        while let Some(piece) = r.read_body().await.unwrap() {
+            body.extend_from_slice(&piece);
+        }
+        assert_eq!(body, b"hello, world!");
+        let _worker = write.await.unwrap();
+        assert!(r.into_reusable().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_body_cut_short_is_an_error_and_one_until_close_ends_cleanly() {
+        let (mut r, mut worker) = pair().await;
+        worker
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhalf")
+            .await
+            .unwrap();
+        drop(worker);
+        r.read_head().await.unwrap();
+        assert_eq!(&r.read_body().await.unwrap().unwrap()[..], b"half");
+        assert!(r.read_body().await.is_err());
+        assert!(r.into_reusable().is_none());
+
+        let (mut r, mut worker) = pair().await;
+        worker
+            .write_all(b"HTTP/1.1 200 OK\r\n\r\nall of it")
+            .await
+            .unwrap();
+        drop(worker);
+        r.read_head().await.unwrap();
+        assert_eq!(&r.read_body().await.unwrap().unwrap()[..], b"all of it");
+        assert!(r.read_body().await.unwrap().is_none());
+        assert!(r.into_reusable().is_none());
+
+        // Closed before any head.
+        let (mut r, worker) = pair().await;
+        drop(worker);
+        assert!(r.read_head().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_long_body_of_known_length_arrives_whole() {
+        let (mut r, mut worker) = pair().await;
+        let body = vec![b'x'; 300 * 1024];
+        let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len());
+        let sent = body.clone();
+        tokio::spawn(async move {
+            worker.write_all(head.as_bytes()).await.unwrap();
+            worker.write_all(&sent).await.unwrap();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        r.read_head().await.unwrap();
+        let mut got = Vec::new();
+        while let Some(piece) = r.read_body().await.unwrap() {
+            got.extend_from_slice(&piece);
+        }
+        assert_eq!(got, body);
+        assert!(r.into_reusable().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_long_stream_of_small_events_lives_in_one_small_buffer() {
+        // Ten thousand slow streams each hold their buffer for minutes: it
+        // must stay at its first size and be reused, not grow or move on
+        // through fresh memory with every event.
+        let (mut r, mut worker) = pair().await;
+        tokio::spawn(async move {
+            worker
+                .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                .await
+                .unwrap();
+            let event = format!("data: {}\n\n", "x".repeat(180));
+            for _ in 0..100 {
+                let chunk = format!("{:x}\r\n{event}\r\n", event.len());
+                worker.write_all(chunk.as_bytes()).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            worker.write_all(b"0\r\n\r\n").await.unwrap();
+        });
+        r.read_head().await.unwrap();
+        let mut received = 0;
+        while let Some(piece) = r.read_body().await.unwrap() {
+            received += piece.len();
+            assert!(r.buf.capacity() <= INITIAL_BUFFER, "{}", r.buf.capacity());
+        }
+        assert_eq!(received, 100 * 188);
+    }
+
+    #[test]
+    fn requests_are_encoded_with_length_and_headers() {
+        let wire = encode_request(
+            "POST",
+            "/v1/chat/completions",
+            "10.0.0.5:8000",
+            [("content-type", &b"application/json"[..])].into_iter(),
+            b"{}",
+            true,
+        );
+        assert_eq!(
+            &wire[..],
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: 10.0.0.5:8000\r\ncontent-length: 2\r\ncontent-type: application/json\r\n\r\n{}"
+        );
+        let head_only = encode_request("GET", "/health", "h", std::iter::empty(), b"{}", false);
+        assert!(head_only.ends_with(b"content-length: 2\r\n\r\n"));
+    }
+}
