@@ -221,6 +221,10 @@ struct CoalescingStream {
 /// Writes above this go straight out instead of being copied.
 const COALESCE_LIMIT: usize = 16 * 1024;
 
+/// Room made by the first write after the buffer was released: a typical
+/// answer head and body, or a streamed event, fit without growing it.
+const COALESCE_FIRST: usize = 1024;
+
 impl CoalescingStream {
     fn new(inner: L4Stream) -> CoalescingStream {
         CoalescingStream {
@@ -247,6 +251,10 @@ impl CoalescingStream {
                 Poll::Pending => return Poll::Pending,
             }
         }
+        // Nothing is held between writes: an open stream that waits a second
+        // for its next token (ten thousand of them) keeps no buffer. The next
+        // answer pays one allocation for it.
+        self.buf = Vec::new();
         Poll::Ready(Ok(()))
     }
 }
@@ -277,6 +285,9 @@ impl AsyncWrite for CoalescingStream {
             if data.len() > COALESCE_LIMIT {
                 return std::pin::Pin::new(&mut self.inner).poll_write(cx, data);
             }
+        }
+        if self.buf.capacity() == 0 {
+            self.buf.reserve(data.len().max(COALESCE_FIRST));
         }
         self.buf.extend_from_slice(data);
         Poll::Ready(Ok(data.len()))
