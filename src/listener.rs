@@ -13,13 +13,15 @@
 //!   finish, and exits as soon as they have (Pingora's graceful shutdown
 //!   always sleeps its whole grace period: pingora.md §9).
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pingora_core::apps::HttpServerApp;
+use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::GetSocketDigest;
@@ -403,44 +405,25 @@ async fn serve_connection<A: HttpServerApp + Send + Sync + 'static>(
     shutdown: ShutdownWatch,
     settings: ConnectionSettings,
 ) {
-    let mut stream: L4Stream = tcp.into();
-    // SSE events are small writes that must leave at once.
-    let _ = stream.set_nodelay();
-    let digest = SocketDigest::from_raw_fd(std::os::fd::AsRawFd::as_raw_fd(&stream));
-    let _ = digest.peer_addr.set(Some(peer.into()));
-    stream.set_socket_digest(digest);
-
-    let mut stream: pingora_core::protocols::Stream = Box::new(CoalescingStream::new(stream));
+    let mut stream = client_stream(tcp, peer);
     let mut persistent = None;
     // The first head must arrive within the header timeout of the accept;
     // later ones within the idle timeout plus the header timeout.
     let mut allowance = settings.header_read_timeout;
     for served in 0..settings.max_requests_per_connection {
-        let mut session = ServerSession::new_http1(stream);
-        if let Some(p) = persistent.take() {
-            pingora_core::apps::HttpPersistentSettings::apply_to_session(p, &mut session);
-        }
-        session.set_keepalive(Some(settings.keepalive_idle_secs));
-        // How many more requests this connection may serve after this one.
-        // Pingora re-derives keep-alive from the client's head after reading
-        // it (an HTTP/1.1 request turns it on), but it honours this count:
-        // at 0 the answer says `Connection: close` and the connection closes,
-        // so a client never sends a request into a closing connection.
-        session.set_keepalive_reuses_remaining(Some(
-            settings.max_requests_per_connection - served - 1,
-        ));
-        // Pipelined requests (sent before the previous answer was read,
-        // RFC 9112 §9.3.2) are served in order. Without this, Pingora reads
-        // a request that arrives while the previous one is being served as
-        // "data after the end of the body": the first request is abandoned
-        // unanswered and a byte of the second is lost.
-        session.set_pipelining_enabled(true);
-        session.set_write_timeout(Some(settings.send_timeout));
         let head = Arc::new(HeadSignal::default());
-        session.set_connection_user_context(Some(Box::new(Arc::clone(&head))));
+        let serving = serve_request(
+            &app,
+            stream,
+            persistent.take(),
+            &settings,
+            served,
+            &head,
+            &shutdown,
+        );
         let deadline = std::time::Instant::now() + allowance;
         let reused = tokio::select! {
-            r = app.process_new_http(session, &shutdown) => r,
+            r = serving => r,
             () = head_overdue(&head, deadline) => {
                 // The head did not arrive in time: dropping the session
                 // closes the connection.
@@ -454,6 +437,52 @@ async fn serve_connection<A: HttpServerApp + Send + Sync + 'static>(
         allowance =
             Duration::from_secs(settings.keepalive_idle_secs) + settings.header_read_timeout;
     }
+}
+
+/// An accepted connection as Pingora serves it.
+fn client_stream(tcp: tokio::net::TcpStream, peer: SocketAddr) -> pingora_core::protocols::Stream {
+    let mut stream: L4Stream = tcp.into();
+    // SSE events are small writes that must leave at once.
+    let _ = stream.set_nodelay();
+    let digest = SocketDigest::from_raw_fd(std::os::fd::AsRawFd::as_raw_fd(&stream));
+    let _ = digest.peer_addr.set(Some(peer.into()));
+    stream.set_socket_digest(digest);
+    Box::new(CoalescingStream::new(stream))
+}
+
+/// The next request's session on `stream`, set up, and the future that
+/// serves it. A plain function: the session (about 700 bytes) then lives
+/// only in Pingora's boxed future, not also in the connection's task for as
+/// long as the connection is open (a long stream, ten thousand at once).
+fn serve_request<'a, A: HttpServerApp + Send + Sync + 'static>(
+    app: &'a Arc<A>,
+    stream: pingora_core::protocols::Stream,
+    persistent: Option<HttpPersistentSettings>,
+    settings: &ConnectionSettings,
+    served: u32,
+    head: &Arc<HeadSignal>,
+    shutdown: &'a ShutdownWatch,
+) -> Pin<Box<dyn Future<Output = Option<ReusedHttpStream>> + Send + 'a>> {
+    let mut session = ServerSession::new_http1(stream);
+    if let Some(p) = persistent {
+        HttpPersistentSettings::apply_to_session(p, &mut session);
+    }
+    session.set_keepalive(Some(settings.keepalive_idle_secs));
+    // How many more requests this connection may serve after this one.
+    // Pingora re-derives keep-alive from the client's head after reading
+    // it (an HTTP/1.1 request turns it on), but it honours this count:
+    // at 0 the answer says `Connection: close` and the connection closes,
+    // so a client never sends a request into a closing connection.
+    session.set_keepalive_reuses_remaining(Some(settings.max_requests_per_connection - served - 1));
+    // Pipelined requests (sent before the previous answer was read,
+    // RFC 9112 §9.3.2) are served in order. Without this, Pingora reads
+    // a request that arrives while the previous one is being served as
+    // "data after the end of the body": the first request is abandoned
+    // unanswered and a byte of the second is lost.
+    session.set_pipelining_enabled(true);
+    session.set_write_timeout(Some(settings.send_timeout));
+    session.set_connection_user_context(Some(Box::new(Arc::clone(head))));
+    app.process_new_http(session, shutdown)
 }
 
 /// Resolves when `deadline` passes before the request head was read; never
