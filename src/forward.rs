@@ -803,27 +803,51 @@ fn upstream_request(
     encode_request("POST", req.path, host, passed, &req.body, with_body)
 }
 
+/// Answer headers never relayed besides the hop-by-hop ones, as nginx does
+/// by default (`proxy_hide_header`): the gateway writes its own `Date` and
+/// `X-Request-Id`; the worker's `Server` says nothing the client needs; an
+/// `X-Accel-*` header is an instruction to a proxy in front of the gateway
+/// (`X-Accel-Redirect` would make an nginx there serve a file the worker
+/// named), never for the worker to give.
+fn relayed(name: &str, is_sse: bool) -> bool {
+    !(HOP_BY_HOP.contains(&name)
+        || matches!(name, "x-request-id" | "date" | "server")
+        || name.starts_with("x-accel-")
+        || (is_sse && name == "content-length"))
+}
+
 /// The head the client gets. An answer of unknown length (a stream) is sent
 /// chunked to an HTTP/1.1 client: without `Transfer-Encoding` Pingora frames
 /// it by closing the connection while the head still says keep-alive, so the
 /// connection could never be reused and a stream cut short by a failure
 /// looked exactly like a complete one. Chunked, a clean end is the
 /// terminating chunk.
+///
+/// Pingora keeps the head for as long as the connection serves the answer,
+/// so its map is sized for exactly the headers it will hold: for a stream
+/// to a key with limits that is twelve, the most a map's first allocation
+/// holds (1.2 kB; one more doubles it, for every open stream).
 fn client_response_head(
     upstream: &Head,
     req: &UpstreamRequest,
     is_sse: bool,
     http11: bool,
 ) -> Result<ResponseHeader, GatewayError> {
-    let mut h = ResponseHeader::build_no_case(upstream.status, Some(upstream.headers.len() + 4))
+    let kept = upstream
+        .headers
+        .iter()
+        .filter(|(name, _)| relayed(name.as_str(), is_sse))
+        .count();
+    // + x-request-id, the key's limits, the framing header, x-accel-buffering,
+    // and the Date and Connection that Pingora adds.
+    let capacity = kept + 1 + req.extra_headers.len() + 2 + 2;
+    let mut h = ResponseHeader::build_no_case(upstream.status, Some(capacity))
         .map_err(|_| GatewayError::Internal)?;
     for (name, value) in &upstream.headers {
-        let n = name.as_str();
-        if HOP_BY_HOP.contains(&n) || n == "x-request-id" || (is_sse && n == "content-length") {
-            continue;
+        if relayed(name.as_str(), is_sse) {
+            h.append_header(name.clone(), value.clone())
+                .map_err(|_| GatewayError::Internal)?;
         }
-        h.append_header(name.clone(), value.clone())
-            .map_err(|_| GatewayError::Internal)?;
     }
     h.insert_header("x-request-id", &*req.request_id)
         .map_err(|_| GatewayError::Internal)?;
@@ -838,9 +862,8 @@ fn client_response_head(
     if is_sse {
         // Tell any proxy in front of us (nginx honours this) not to buffer
         // the stream either; each event must reach the client as it is made.
+        // (No `Cache-Control`: the answer to a POST is not cached anyway.)
         h.insert_header("x-accel-buffering", "no")
-            .map_err(|_| GatewayError::Internal)?;
-        h.insert_header("cache-control", "no-cache")
             .map_err(|_| GatewayError::Internal)?;
     }
     Ok(h)

@@ -317,3 +317,82 @@ async fn readyz_fails_while_a_model_has_no_healthy_worker() {
     .await
     .expect("ready again after the worker returns");
 }
+
+/// A worker that answers every request (health checks included) with the
+/// same JSON and the headers a real one might add: uvicorn's `server` and
+/// `date`, and an `X-Accel-Redirect` that an nginx in front of the gateway
+/// would obey.
+async fn worker_with_headers() -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let body = r#"{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"test-model","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}"#;
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nserver: uvicorn\r\n\
+                     date: Thu, 01 Jan 1970 00:00:00 GMT\r\nx-accel-redirect: /internal/secrets\r\n\
+                     x-request-id: the-workers-own\r\nx-worker-note: kept\r\n\
+                     content-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    // One request: its head, then its Content-Length of body.
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match conn.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    while buf.len() < end + 4 + len {
+                        match conn.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.drain(..end + 4 + len);
+                    if conn.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test]
+async fn proxy_instructions_and_the_workers_identity_are_not_relayed() {
+    let worker = worker_with_headers().await;
+    let gw = start(&config_text(&[worker], "", ""));
+    wait_ready(&gw).await;
+    let r = client()
+        .post(format!("{}/v1/chat/completions", gw.url()))
+        .header("x-request-id", "client-chosen-id")
+        .json(&chat_body(json!({})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let h = r.headers().clone();
+    assert!(h.get("x-accel-redirect").is_none(), "{h:?}");
+    assert!(h.get("server").is_none(), "{h:?}");
+    assert_eq!(h.get_all("date").iter().count(), 1, "{h:?}");
+    assert_ne!(h["date"], "Thu, 01 Jan 1970 00:00:00 GMT");
+    assert_eq!(h["x-request-id"], "client-chosen-id");
+    assert_eq!(h["x-worker-note"], "kept");
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], "hi");
+}
