@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::json;
@@ -136,8 +136,10 @@ async fn budgets_of_unchanged_keys_survive_a_reload() {
 async fn twenty_reloads_under_load_fail_nothing() {
     let slow = |_: ()| {
         sim_with(|c| {
+            // 2.4 s streams: still running on worker c when the reloads
+            // are done and it is removed.
             c.itl = Duration::from_millis(40);
-            c.output_tokens = (40, 40);
+            c.output_tokens = (60, 60);
             c.max_num_seqs = 512;
         })
     };
@@ -189,6 +191,7 @@ async fn twenty_reloads_under_load_fail_nothing() {
         }));
     }
     // 20 reloads, alternating settings that touch pools, routing and limits.
+    let reloading = Instant::now();
     for i in 0..20 {
         let keys = if i % 2 == 0 {
             "routing = \"prefix_affinity\"\nmax_retries = 3"
@@ -202,6 +205,13 @@ async fn twenty_reloads_under_load_fail_nothing() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Each write also wakes the file watcher, whose 200 ms settling time
+    // must not hold up a reload asked for meanwhile (20 x 200 ms = 4 s).
+    assert!(
+        reloading.elapsed() < Duration::from_secs(3),
+        "20 reloads took {:?}",
+        reloading.elapsed()
+    );
     // The last reload removes worker c while streams run on it: they finish
     // (drain), and nothing new goes there.
     let on_c = c.stats().running;

@@ -164,7 +164,17 @@ impl Reloader {
         } else {
             None
         };
+        // A change to the file is reloaded once its burst of events has
+        // settled. The wait is a deadline in this loop, not a sleep in it, so
+        // a SIGHUP or an in-process request meanwhile is served at once.
+        let mut file_changed_at: Option<tokio::time::Instant> = None;
         loop {
+            let settle = async {
+                match file_changed_at {
+                    Some(at) => tokio::time::sleep_until(at + DEBOUNCE).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 Some(reply) = requests.recv() => {
                     let r = self.reload(true).await;
@@ -175,9 +185,12 @@ impl Reloader {
                     let _ = self.reload(true).await;
                 }
                 Some(()) = file_rx.recv() => {
-                    // Let the burst of events settle, then reload once.
-                    tokio::time::sleep(DEBOUNCE).await;
-                    while file_rx.try_recv().is_ok() {}
+                    file_changed_at.get_or_insert_with(tokio::time::Instant::now);
+                }
+                () = settle => {
+                    file_changed_at = None;
+                    // Unchanged text (already loaded by a request or a
+                    // SIGHUP meanwhile) is not reloaded again.
                     let _ = self.reload(false).await;
                 }
                 r = shutdown.changed() => if r.is_err() || *shutdown.borrow() { return },
