@@ -673,43 +673,42 @@ mod tests {
         });
         let head = r.read_head().await.unwrap();
         assert_eq!((head.status, head.is_sse), (200, true));
-        let mut body = Vec::new();
-        while let Some(piece) = r.read_body().await.unwrap() {
-            body.extend_from_slice(&piece);
-        }
-        assert_eq!(body, b"hello, world!");
+        assert_eq!(read_all(&mut r).await.unwrap(), b"hello, world!");
         let _worker = write.await.unwrap();
         assert!(r.into_reusable().is_some());
     }
 
+    /// An answer from a worker that sends `bytes` and closes.
+    async fn closed_after(bytes: &[u8]) -> WorkerResponse {
+        let (r, mut worker) = pair().await;
+        worker.write_all(bytes).await.unwrap();
+        r
+    }
+
+    /// The rest of the body, piece by piece.
+    async fn read_all(r: &mut WorkerResponse) -> io::Result<Vec<u8>> {
+        let mut body = Vec::new();
+        while let Some(piece) = r.read_body().await? {
+            body.extend_from_slice(&piece);
+        }
+        Ok(body)
+    }
+
     #[tokio::test]
     async fn a_body_cut_short_is_an_error_and_one_until_close_ends_cleanly() {
-        let (mut r, mut worker) = pair().await;
-        worker
-            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhalf")
-            .await
-            .unwrap();
-        drop(worker);
+        let mut r = closed_after(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhalf").await;
         r.read_head().await.unwrap();
         assert_eq!(&r.read_body().await.unwrap().unwrap()[..], b"half");
         assert!(r.read_body().await.is_err());
         assert!(r.into_reusable().is_none());
 
-        let (mut r, mut worker) = pair().await;
-        worker
-            .write_all(b"HTTP/1.1 200 OK\r\n\r\nall of it")
-            .await
-            .unwrap();
-        drop(worker);
+        let mut r = closed_after(b"HTTP/1.1 200 OK\r\n\r\nall of it").await;
         r.read_head().await.unwrap();
-        assert_eq!(&r.read_body().await.unwrap().unwrap()[..], b"all of it");
-        assert!(r.read_body().await.unwrap().is_none());
+        assert_eq!(read_all(&mut r).await.unwrap(), b"all of it");
         assert!(r.into_reusable().is_none());
 
-        // Closed before any head.
-        let (mut r, worker) = pair().await;
-        drop(worker);
-        assert!(r.read_head().await.is_err());
+        let mut r = closed_after(b"").await;
+        assert!(r.read_head().await.is_err(), "closed before any head");
     }
 
     #[tokio::test]
@@ -724,11 +723,7 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(5)).await;
         });
         r.read_head().await.unwrap();
-        let mut got = Vec::new();
-        while let Some(piece) = r.read_body().await.unwrap() {
-            got.extend_from_slice(&piece);
-        }
-        assert_eq!(got, body);
+        assert_eq!(read_all(&mut r).await.unwrap(), body);
         assert!(r.into_reusable().is_some());
     }
 
