@@ -243,30 +243,19 @@ pub async fn exchange(
     };
     let is_sse = head.is_sse;
     report.is_sse = is_sse;
+    let relay = Relay {
+        session,
+        pool,
+        req,
+        tap,
+        report,
+        reservation: &reservation,
+        deadline,
+    };
     let relayed = if is_sse {
-        stream_answer(
-            session,
-            pool,
-            req,
-            tap,
-            report,
-            answer,
-            &reservation,
-            deadline,
-        )
-        .await
+        stream_answer(relay, answer).await
     } else {
-        whole_answer(
-            session,
-            pool,
-            req,
-            tap,
-            report,
-            answer,
-            &reservation,
-            deadline,
-        )
-        .await
+        whole_answer(relay, answer).await
     };
     let upstream = match relayed {
         Ok(Some(up)) => up,
@@ -283,23 +272,36 @@ pub async fn exchange(
     Ok(())
 }
 
+/// What relaying one worker's answer to the client works with.
+struct Relay<'a> {
+    session: &'a mut Session,
+    pool: &'a WorkerPool,
+    req: &'a UpstreamRequest,
+    tap: &'a mut dyn ResponseTap,
+    report: &'a mut ExchangeReport,
+    reservation: &'a Reservation,
+    deadline: Instant,
+}
+
 /// A JSON answer is read whole before any of it goes out (answers are
 /// small, and vLLM sends them in one piece when generation ends), so a worker
 /// that breaks, stalls or sends too much still gets its client a clean
 /// OpenAI error, a worker's own error is rewritten into OpenAI's shape, and
 /// head and body leave in one write. Returns the upstream session to pool
 /// when it was read to its end; `Err` when nothing was sent.
-#[allow(clippy::too_many_arguments)]
 async fn whole_answer(
-    session: &mut Session,
-    pool: &WorkerPool,
-    req: &UpstreamRequest,
-    tap: &mut dyn ResponseTap,
-    report: &mut ExchangeReport,
+    relay: Relay<'_>,
     answer: Answer,
-    reservation: &Reservation,
-    deadline: Instant,
 ) -> Result<Option<WorkerResponse>, GatewayError> {
+    let Relay {
+        session,
+        pool,
+        req,
+        tap,
+        report,
+        reservation,
+        deadline,
+    } = relay;
     let Answer {
         up: mut upstream,
         first,
@@ -459,17 +461,19 @@ fn worker_error(body: &[u8]) -> WorkerError {
 
 /// A stream goes to the client event by event, as the worker writes it.
 /// Returns the upstream session to pool when it was read to its end.
-#[allow(clippy::too_many_arguments)]
 async fn stream_answer(
-    session: &mut Session,
-    pool: &WorkerPool,
-    req: &UpstreamRequest,
-    tap: &mut dyn ResponseTap,
-    report: &mut ExchangeReport,
+    relay: Relay<'_>,
     answer: Answer,
-    reservation: &Reservation,
-    deadline: Instant,
 ) -> Result<Option<WorkerResponse>, GatewayError> {
+    let Relay {
+        session,
+        pool,
+        req,
+        tap,
+        report,
+        reservation,
+        deadline,
+    } = relay;
     let Answer {
         up: mut upstream,
         first,
@@ -503,7 +507,7 @@ async fn stream_answer(
     let no_event_yet = first.is_none();
     if let Some(chunk) = first {
         total += chunk.len();
-        match relay(session, req, tap, report, chunk).await {
+        match relay_chunk(session, req, tap, report, chunk).await {
             Relayed::Sent => {}
             Relayed::ClientGone => return Ok(None),
             Relayed::Malformed => {
@@ -541,7 +545,7 @@ async fn stream_answer(
                                 "The worker's answer grew larger than the gateway accepts.").await;
                             return Ok(None);
                         }
-                        match relay(session, req, tap, report, chunk).await {
+                        match relay_chunk(session, req, tap, report, chunk).await {
                             Relayed::Sent => {}
                             Relayed::ClientGone => return Ok(None),
                             Relayed::Malformed => {
@@ -611,7 +615,7 @@ enum Relayed {
     Malformed,
 }
 
-async fn relay(
+async fn relay_chunk(
     session: &mut Session,
     req: &UpstreamRequest,
     tap: &mut dyn ResponseTap,
