@@ -9,6 +9,7 @@
 //! `Content-Length` or `Transfer-Encoding: chunked`, `Expect: 100-continue`, responses with
 //! `Content-Length` or chunked. Bounded head and body; malformed requests get 400 and close.
 
+use crate::upstream::http1::Dechunker;
 use std::future::Future;
 use std::io::Write as _;
 
@@ -156,10 +157,20 @@ impl Conn {
                         .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
                         .await?;
                 }
-                let mut dec = ChunkedDecoder::default();
+                let mut dec = Dechunker::new();
+                let mut body = BytesMut::new();
                 loop {
-                    if dec.feed(&mut self.buf)? {
-                        break dec.body.freeze();
+                    while let Some(piece) = dec
+                        .decode(&mut self.buf)
+                        .map_err(|_| ReadError::Malformed("bad chunked framing"))?
+                    {
+                        if body.len() + piece.len() > MAX_BODY_BYTES {
+                            return Err(ReadError::BodyTooLarge);
+                        }
+                        body.extend_from_slice(&piece);
+                    }
+                    if dec.is_done() {
+                        break body.freeze();
                     }
                     if self.stream.read_buf(&mut self.buf).await? == 0 {
                         return Err(ReadError::Closed);
@@ -370,100 +381,6 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, ReadError> {
     }))
 }
 
-/// Incremental decoder for `Transfer-Encoding: chunked` request bodies.
-#[derive(Default)]
-struct ChunkedDecoder {
-    state: ChunkState,
-    body: BytesMut,
-}
-
-#[derive(Default, Clone, Copy)]
-enum ChunkState {
-    #[default]
-    Size,
-    Data(usize),
-    DataEnd,
-    Trailers,
-}
-
-/// Longest chunk-size line (with extensions) or trailer line accepted.
-const MAX_CHUNK_LINE: usize = 4096;
-
-impl ChunkedDecoder {
-    /// Consumes what it can from `buf`; `Ok(true)` once the whole body has been read.
-    fn feed(&mut self, buf: &mut BytesMut) -> Result<bool, ReadError> {
-        loop {
-            match self.state {
-                ChunkState::Size => {
-                    let Some(line) = take_line(buf)? else {
-                        return Ok(false);
-                    };
-                    let hex = line.split(|&b| b == b';').next().unwrap_or(&[]);
-                    let hex = std::str::from_utf8(hex)
-                        .map_err(|_| ReadError::Malformed("bad chunk size"))?
-                        .trim();
-                    let size = usize::from_str_radix(hex, 16)
-                        .map_err(|_| ReadError::Malformed("bad chunk size"))?;
-                    if self.body.len().saturating_add(size) > MAX_BODY_BYTES {
-                        return Err(ReadError::BodyTooLarge);
-                    }
-                    self.state = if size == 0 {
-                        ChunkState::Trailers
-                    } else {
-                        ChunkState::Data(size)
-                    };
-                }
-                ChunkState::Data(left) => {
-                    if buf.is_empty() {
-                        return Ok(false);
-                    }
-                    let n = left.min(buf.len());
-                    self.body.extend_from_slice(&buf[..n]);
-                    buf.advance(n);
-                    self.state = if n == left {
-                        ChunkState::DataEnd
-                    } else {
-                        ChunkState::Data(left - n)
-                    };
-                }
-                ChunkState::DataEnd => {
-                    let Some(line) = take_line(buf)? else {
-                        return Ok(false);
-                    };
-                    if !line.is_empty() {
-                        return Err(ReadError::Malformed("chunk data longer than its size"));
-                    }
-                    self.state = ChunkState::Size;
-                }
-                ChunkState::Trailers => {
-                    let Some(line) = take_line(buf)? else {
-                        return Ok(false);
-                    };
-                    if line.is_empty() {
-                        return Ok(true);
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Takes one CRLF- (or LF-) terminated line off the front of `buf`, without the terminator.
-fn take_line(buf: &mut BytesMut) -> Result<Option<Bytes>, ReadError> {
-    match memchr::memchr(b'\n', buf) {
-        Some(i) => {
-            let mut line = buf.split_to(i + 1).freeze();
-            line.truncate(i);
-            if line.last() == Some(&b'\r') {
-                line.truncate(i - 1);
-            }
-            Ok(Some(line))
-        }
-        None if buf.len() > MAX_CHUNK_LINE => Err(ReadError::Malformed("chunk line too long")),
-        None => Ok(None),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -521,22 +438,27 @@ mod tests {
     #[test]
     fn decodes_chunked_in_pieces() {
         let wire = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nTrailer: x\r\n\r\nNEXT";
-        let mut dec = ChunkedDecoder::default();
+        let mut dec = Dechunker::new();
+        let mut body = Vec::new();
         let mut buf = BytesMut::new();
-        let mut done = false;
         for b in wire.iter() {
             buf.extend_from_slice(&[*b]);
-            if dec.feed(&mut buf).unwrap() {
-                done = true;
+            while let Some(piece) = dec.decode(&mut buf).unwrap() {
+                body.extend_from_slice(&piece);
+            }
+            if dec.is_done() {
                 break;
             }
         }
-        assert!(done);
-        assert_eq!(&dec.body[..], b"hello world");
+        assert!(dec.is_done());
+        assert_eq!(&body[..], b"hello world");
         assert!(buf.is_empty(), "the decoder stops at the end of the body");
-        let mut dec = ChunkedDecoder::default();
+        let mut dec = Dechunker::new();
         let mut buf = BytesMut::from(&b"3\r\nabcdef\r\n"[..]);
-        assert!(dec.feed(&mut buf).is_err());
+        assert!(dec
+            .decode(&mut buf)
+            .and_then(|_| dec.decode(&mut buf))
+            .is_err());
     }
 
     #[test]

@@ -226,23 +226,21 @@ fn decode_chunked(
     loop {
         let input = &buf[at..];
         match state {
-            ChunkState::Size => match httparse::parse_chunk_size(input) {
-                Ok(httparse::Status::Complete((used, size))) => {
-                    at += used;
-                    state = if size == 0 {
-                        ChunkState::Trailers
-                    } else {
-                        ChunkState::Data(size)
-                    };
-                }
-                Ok(httparse::Status::Partial) => {
+            ChunkState::Size => {
+                let Some(lf) = memchr::memchr(b'\n', input) else {
                     if input.len() > MAX_FRAMING {
                         return Err(invalid("chunk size line too long"));
                     }
                     break;
-                }
-                Err(_) => return Err(invalid("bad chunk size")),
-            },
+                };
+                let size = chunk_size(&input[..lf])?;
+                at += lf + 1;
+                state = if size == 0 {
+                    ChunkState::Trailers
+                } else {
+                    ChunkState::Data(size)
+                };
+            }
             ChunkState::Data(remaining) => {
                 if input.is_empty() {
                     break;
@@ -268,25 +266,25 @@ fn decode_chunked(
                     ChunkState::Data(left)
                 };
             }
+            // Lines end in CRLF; a bare LF is accepted too (RFC 9112 §2.2).
             ChunkState::DataEnd => {
-                if input.len() < 2 {
-                    break;
-                }
-                if &input[..2] != b"\r\n" {
-                    return Err(invalid("chunk data not followed by CRLF"));
-                }
-                at += 2;
+                at += match input {
+                    [b'\r', b'\n', ..] => 2,
+                    [b'\n', ..] => 1,
+                    [] | [b'\r'] => break,
+                    _ => return Err(invalid("chunk data longer than its size")),
+                };
                 state = ChunkState::Size;
             }
             ChunkState::Trailers => {
-                let Some(eol) = memchr::memmem::find(input, b"\r\n") else {
+                let Some(lf) = memchr::memchr(b'\n', input) else {
                     if input.len() > MAX_FRAMING {
                         return Err(invalid("trailer section too long"));
                     }
                     break;
                 };
-                at += eol + 2;
-                if eol == 0 {
+                at += lf + 1;
+                if matches!(&input[..lf], b"" | b"\r") {
                     done = true;
                     break;
                 }
@@ -301,6 +299,47 @@ fn decode_chunked(
     let data = buf.split_to(out).freeze();
     buf.advance(at - out);
     Ok((!data.is_empty()).then_some(data))
+}
+
+/// The size on a chunk-size line (without its LF): hex digits, then
+/// optional extensions after `;`, which carry nothing the gateway uses.
+fn chunk_size(line: &[u8]) -> io::Result<u64> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let hex = line
+        .split(|&b| b == b';')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii();
+    // Digits only: `from_str_radix` alone would take a sign.
+    if hex.is_empty() || !hex.iter().all(u8::is_ascii_hexdigit) {
+        return Err(invalid("bad chunk size"));
+    }
+    std::str::from_utf8(hex)
+        .ok()
+        .and_then(|h| u64::from_str_radix(h, 16).ok())
+        .ok_or_else(|| invalid("bad chunk size"))
+}
+
+/// A chunked body taken out of a read buffer piece by piece: the workers'
+/// answers here, and the chunked requests the simulator reads.
+#[derive(Debug)]
+pub(crate) struct Dechunker(Body);
+
+impl Dechunker {
+    pub(crate) fn new() -> Self {
+        Dechunker(Body::Chunked(ChunkState::Size))
+    }
+
+    /// The body bytes `buf` holds, framing removed; `None` when it holds
+    /// none (more must be read, or the body is complete).
+    pub(crate) fn decode(&mut self, buf: &mut BytesMut) -> io::Result<Option<Bytes>> {
+        decode(&mut self.0, buf)
+    }
+
+    /// The terminating chunk and the trailers were read.
+    pub(crate) fn is_done(&self) -> bool {
+        self.0 == Body::Done
+    }
 }
 
 type Parsed = (Head, Body, bool);
@@ -582,6 +621,9 @@ mod tests {
                 assert!(rest.is_empty());
             }
         }
+        // Bare LF line ends, as RFC 9112 §2.2 lets a recipient accept.
+        let (data, _, body, _) = decode_pieces(&[b"5\nhello\n0\n\n"]).unwrap();
+        assert_eq!((data.as_slice(), body), (&b"hello"[..], Body::Done));
         // Everything already read comes out in one piece.
         let (data, calls, _, _) = decode_pieces(&[CHUNKED]).unwrap();
         assert_eq!((data.as_slice(), calls), (&b"hello, world!"[..], 1));
@@ -595,6 +637,7 @@ mod tests {
     fn broken_chunked_framing_is_an_error() {
         for bad in [
             &b"zz\r\nhello\r\n"[..],
+            b"+5\r\nhello\r\n0\r\n\r\n",
             b"5\r\nhelloXX0\r\n\r\n",
             b"fffffffffffffffffffff\r\n",
             &[b'1'; MAX_FRAMING + 1],
