@@ -34,6 +34,8 @@ async fn a_stream_that_did_not_ask_for_usage_is_counted_exactly_without_seeing_i
     // The worker was asked for it.
     let sent = last_chat(&s).json().unwrap();
     assert_eq!(sent["stream_options"]["include_usage"], true);
+    // Counters move in the logging phase, just after the last byte.
+    wait_logged(&gw, 1.0).await;
     let text = metrics_text(&gw).await;
     assert_eq!(tokens(&text, "completion", "exact"), 7.0, "{text}");
     assert!(tokens(&text, "prompt", "exact") > 0.0);
@@ -59,6 +61,7 @@ async fn usage_the_client_asked_for_passes_through() {
     assert_eq!(usage[0]["usage"]["completion_tokens"], 5);
     // Non-streaming: usage read from the answer.
     post_chat(&gw, &chat_body(json!({}))).await;
+    wait_logged(&gw, 2.0).await;
     let text = metrics_text(&gw).await;
     assert_eq!(tokens(&text, "completion", "exact"), 10.0, "{text}");
 }
@@ -78,6 +81,7 @@ async fn a_cut_stream_is_billed_from_what_was_delivered_and_marked_estimated() {
     let body = r.text().await.unwrap_or_default();
     // The client learns the stream broke: an in-band error event.
     assert!(body.contains("\"error\""), "{body}");
+    wait_logged(&gw, 1.0).await;
     let text = metrics_text(&gw).await;
     assert_eq!(tokens(&text, "completion", "estimated"), 4.0, "{text}");
     assert!(tokens(&text, "prompt", "estimated") > 0.0);

@@ -235,3 +235,33 @@ pub fn last_chat(s: &SimHandle) -> vllm_gateway::sim::ReceivedRequest {
         .find(|r| r.method == "POST" && r.path == "/v1/chat/completions")
         .expect("the simulator received a chat request")
 }
+
+/// Requests of `MODEL` the gateway has finished logging (all endpoints and
+/// statuses).
+pub async fn logged_requests(gw: &GatewayHandle) -> f64 {
+    metrics_text(gw)
+        .await
+        .lines()
+        .filter(|l| {
+            l.starts_with("vllm_gateway_requests_total{")
+                && l.contains(&format!("model=\"{MODEL}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Wait until `n` requests are logged, so that counters that must stay at
+/// 0 can be read without racing the logging phase (it updates every counter
+/// of a request in one stretch without awaiting).
+pub async fn wait_logged(gw: &GatewayHandle, n: f64) {
+    let done = wait_until(Duration::from_secs(5), || async {
+        logged_requests(gw).await >= n
+    })
+    .await;
+    if done.is_err() {
+        panic!(
+            "only {} requests logged, expected {n}",
+            logged_requests(gw).await
+        );
+    }
+}
