@@ -74,8 +74,8 @@ pub struct Idle {
     base: Instant,
     /// Nanoseconds from `base` to the last arrival.
     last: AtomicU64,
-    /// The silence allowed, in nanoseconds.
-    limit: AtomicU64,
+    /// The silence allowed.
+    limit: Duration,
 }
 
 impl Idle {
@@ -83,13 +83,8 @@ impl Idle {
         Idle {
             base: Instant::now(),
             last: AtomicU64::new(0),
-            limit: AtomicU64::new(nanos(limit)),
+            limit,
         }
-    }
-
-    /// From now on, allow this much silence.
-    pub fn set_limit(&self, limit: Duration) {
-        self.limit.store(nanos(limit), Ordering::Relaxed);
     }
 
     /// Something arrived: the silence starts over.
@@ -101,9 +96,8 @@ impl Idle {
     /// Resolves once nothing has arrived for the whole limit.
     pub async fn expired(&self) {
         loop {
-            let due = self.base
-                + Duration::from_nanos(self.last.load(Ordering::Relaxed))
-                + Duration::from_nanos(self.limit.load(Ordering::Relaxed));
+            let due =
+                self.base + Duration::from_nanos(self.last.load(Ordering::Relaxed)) + self.limit;
             let now = Instant::now();
             if now >= due {
                 return;

@@ -111,6 +111,13 @@ pub struct ExchangeReport {
     pub is_sse: bool,
 }
 
+impl ExchangeReport {
+    /// The client has the answer's head.
+    pub fn head_sent(&self) -> bool {
+        self.first_byte.is_some()
+    }
+}
+
 /// A worker's answer, ready to be relayed: nothing of it went to the client
 /// yet.
 struct Answer {
@@ -176,9 +183,9 @@ pub async fn exchange(
     let t = pool.timeouts;
     let deadline = started + t.request;
     let mut tried: Vec<usize> = Vec::new();
-    let (answer, reservation) = loop {
+    let picked = loop {
         let Some((reservation, reason)) = pool.pick(&tried, req.prefix_key) else {
-            return Err(if report.attempts == 0 {
+            break Err(if report.attempts == 0 {
                 GatewayError::NoHealthyWorker {
                     model: pool.model.to_string(),
                 }
@@ -196,7 +203,7 @@ pub async fn exchange(
         report.attempts += 1;
         report.picks.push(reason);
         report.worker = Some(Arc::clone(&reservation.worker.url));
-        let mut outcome = attempt(session, pool, req, &reservation, deadline).await;
+        let mut outcome = attempt(session, pool, req, &reservation, report, deadline).await;
         if let Err(AttemptError::Retryable("stale_connection")) = outcome {
             // A pooled connection the worker had already closed says nothing
             // about the worker: try it once more on its next connection,
@@ -204,13 +211,13 @@ pub async fn exchange(
             // failure like any other (a worker that resets every request
             // must not pass as stale and use up the retries on itself).
             report.upstream_errors.push("stale_connection");
-            outcome = attempt(session, pool, req, &reservation, deadline).await;
+            outcome = attempt(session, pool, req, &reservation, report, deadline).await;
             if let Err(AttemptError::Retryable("stale_connection")) = outcome {
                 outcome = Err(AttemptError::Retryable("reset"));
             }
         }
         match outcome {
-            Ok(answer) => break (answer, reservation),
+            Ok(answer) => break Ok((answer, reservation)),
             Err(AttemptError::ClientGone) => {
                 report.client_gone = true;
                 return Ok(());
@@ -220,7 +227,7 @@ pub async fn exchange(
                     report.upstream_errors.push(kind);
                     reservation.worker.record_failure(&pool.policy.breaker);
                 }
-                return Err(e);
+                break Err(e);
             }
             Err(AttemptError::Retryable(kind)) => {
                 // Passive health: the failure counts against the worker, and
@@ -229,12 +236,24 @@ pub async fn exchange(
                 reservation.worker.record_failure(&pool.policy.breaker);
                 tried.push(reservation.index);
                 if report.retries >= pool.policy.max_retries {
-                    return Err(GatewayError::UpstreamUnavailable {
+                    break Err(GatewayError::UpstreamUnavailable {
                         model: pool.model.to_string(),
                     });
                 }
             }
         }
+    };
+    let (answer, reservation) = match picked {
+        Ok(picked) => picked,
+        // The client already has a stream's head (`stream_head =
+        // "immediate"`) from a worker that failed before its first event,
+        // and no other worker took over: the error can only go in-band.
+        Err(e) if report.head_sent() => {
+            report.failed_mid_answer = Some(e.kind());
+            end_with_error(session, tap, report, &e.to_string()).await;
+            return Ok(());
+        }
+        Err(e) => return Err(e),
     };
     let Some(head) = answer.up.head() else {
         return Err(GatewayError::UpstreamProtocol {
@@ -486,25 +505,15 @@ async fn stream_answer(
     };
     let status = head.status;
     tap.on_head(status, true);
-    let http11 = session.req_header().version == http::Version::HTTP_11;
-    let client_head = client_response_head(head, req, true, http11)?;
-    if session
-        .write_response_header(Box::new(client_head), false)
-        .await
-        .is_err()
-    {
-        report.client_gone = true;
+    if !report.head_sent() && !send_stream_head(session, head, req, report).await? {
         return Ok(None);
     }
-    report.status = status;
-    report.first_byte = Some(Instant::now());
     if status >= 500 {
         report.upstream_errors.push("status_5xx");
         reservation.worker.record_failure(&pool.policy.breaker);
     }
     let limit = pool.policy.max_response_bytes;
     let mut total = 0usize;
-    let no_event_yet = first.is_none();
     if let Some(chunk) = first {
         total += chunk.len();
         match relay_chunk(session, req, tap, report, chunk).await {
@@ -518,14 +527,7 @@ async fn stream_answer(
         }
     }
     if !ended {
-        // With `stream_head = "immediate"` the head went out before the first
-        // event arrived: the first-token limit applies until it does.
-        let mut awaiting_first = no_event_yet;
-        let idle = Idle::new(if awaiting_first {
-            pool.timeouts.first_token
-        } else {
-            pool.timeouts.idle
-        });
+        let idle = Idle::new(pool.timeouts.idle);
         let mut silent = pin!(idle.expired());
         let mut overdue = pin!(sleep_until(deadline));
         loop {
@@ -533,10 +535,6 @@ async fn stream_answer(
                 biased;
                 read = upstream.read_body() => match read {
                     Ok(Some(chunk)) => {
-                        if awaiting_first {
-                            awaiting_first = false;
-                            idle.set_limit(pool.timeouts.idle);
-                        }
                         idle.touch();
                         total += chunk.len();
                         if total > limit {
@@ -572,12 +570,8 @@ async fn stream_answer(
                 }
                 () = &mut silent => {
                     reservation.worker.record_failure(&pool.policy.breaker);
-                    let message = if awaiting_first {
-                        "The worker sent no first token within the gateway's first-token timeout."
-                    } else {
-                        "The worker went silent in the middle of the answer."
-                    };
-                    fail_mid_answer(session, tap, report, "timeout", message).await;
+                    fail_mid_answer(session, tap, report, "timeout",
+                        "The worker went silent in the middle of the answer.").await;
                     return Ok(None);
                 }
                 () = &mut overdue => {
@@ -663,6 +657,7 @@ async fn attempt(
     pool: &WorkerPool,
     req: &UpstreamRequest,
     reservation: &Reservation,
+    report: &mut ExchangeReport,
     deadline: Instant,
 ) -> Result<Answer, AttemptError> {
     let t = pool.timeouts;
@@ -759,12 +754,37 @@ async fn attempt(
         // retries elsewhere (vllm.md §8).
         return Err(AttemptError::Retryable("status_503"));
     }
-    if !req.stream || pool.policy.stream_head == StreamHead::Immediate {
+    if !req.stream {
         return Ok(Answer {
             up,
             first: None,
             ended: false,
         });
+    }
+    if pool.policy.stream_head == StreamHead::Immediate {
+        if let Some(head) = up.head() {
+            let streams = head.is_sse && (200..300).contains(&status);
+            if report.head_sent() {
+                // The client holds the head of a stream that an earlier
+                // worker failed to start: only another stream continues it.
+                if !streams {
+                    return Err(AttemptError::Retryable(match status {
+                        500.. => "status_5xx",
+                        400..500 => "status_4xx",
+                        _ => "malformed",
+                    }));
+                }
+            } else if streams {
+                // The head goes out now, as vLLM sends it (vllm.md §5); until
+                // the first event the request can still move to another
+                // worker, the client none the wiser.
+                match send_stream_head(session, head, req, report).await {
+                    Ok(true) => {}
+                    Ok(false) => return Err(AttemptError::ClientGone),
+                    Err(e) => return Err(AttemptError::Fatal(e, None)),
+                }
+            }
+        }
     }
     let first = tokio::select! {
         biased;
@@ -873,6 +893,28 @@ fn client_response_head(
     Ok(h)
 }
 
+/// Sends a stream's head to the client; `false` if the client is gone.
+async fn send_stream_head(
+    session: &mut Session,
+    head: &Head,
+    req: &UpstreamRequest,
+    report: &mut ExchangeReport,
+) -> Result<bool, GatewayError> {
+    let http11 = session.req_header().version == http::Version::HTTP_11;
+    let client_head = client_response_head(head, req, true, http11)?;
+    if session
+        .write_response_header(Box::new(client_head), false)
+        .await
+        .is_err()
+    {
+        report.client_gone = true;
+        return Ok(false);
+    }
+    report.status = head.status;
+    report.first_byte = Some(Instant::now());
+    Ok(true)
+}
+
 /// A stream broke after its head went out: the client gets an in-band error
 /// event and `[DONE]`, the way vLLM reports in-stream errors, which the
 /// official SDKs raise as an `APIError` (chat-completions.md §4, vllm.md §5).
@@ -885,10 +927,20 @@ async fn fail_mid_answer(
 ) {
     report.failed_mid_answer = Some(kind);
     report.upstream_errors.push(kind);
+    end_with_error(session, tap, report, message).await;
+}
+
+/// Ends a stream whose head went out with an in-band error event.
+async fn end_with_error(
+    session: &mut Session,
+    tap: &mut dyn ResponseTap,
+    report: &ExchangeReport,
+    message: &str,
+) {
     session.set_keepalive(None);
     // Events the scanner held back are complete ones; a malformed or cut
     // tail was never forwarded.
-    let held = if kind == "malformed" {
+    let held = if report.failed_mid_answer == Some("malformed") {
         Bytes::new()
     } else {
         tap.on_end()

@@ -30,3 +30,16 @@ async fn official_client_raises_the_right_errors() {
     assert_eq!(out["bad_request"]["param"], "temperature", "{out}");
     assert_eq!(out["bad_request"]["type"], "invalid_request_error", "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_client_raises_an_in_band_stream_error() {
+    let s = sim();
+    let gw = gateway_for(&[&s]).await;
+    let out = run_client(&gw.url(), "stream_error", None).await;
+    assert_eq!(out["raised"], "APIError", "{out}");
+    assert_eq!(out["chunks_before_error"], 0, "{out}");
+    assert!(
+        out["message"].as_str().unwrap().contains("test-model"),
+        "{out}"
+    );
+}

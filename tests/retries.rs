@@ -207,3 +207,41 @@ async fn nothing_is_retried_after_the_first_byte() {
     assert_metric(&gw, &upstream_errors("reset"), 1.0).await;
     assert_metric(&gw, &retries(), 0.0).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_breaks_before_its_first_event_continues_on_another_worker() {
+    // With the default `stream_head = "immediate"` the client has the
+    // stream's head as soon as the first worker sends its own; that worker
+    // then closes. Nothing of the body went out, so another worker takes the
+    // request and the client gets one whole, ordinary stream.
+    let (breaks, ok) = (sim(), sim());
+    breaks.set_faults(FaultPlan {
+        close_after_headers: true,
+        ..FaultPlan::default()
+    });
+    let gw = gateway_with(&[&breaks, &ok], "failures_to_eject = 1000").await;
+    let mut sent = 0;
+    while breaks.stats().requests < 3 {
+        sent += 1;
+        assert!(sent <= 60, "the breaking worker was never picked");
+        let (status, headers, body) =
+            post_chat(&gw, &chat_body(json!({"stream": true, "max_tokens": 5}))).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream"));
+        let events = sse_data(&body);
+        assert!(!body.contains("\"error\""), "{body}");
+        assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{body}");
+        let roles = events.iter().filter(|e| e.contains("\"role\"")).count();
+        assert_eq!(roles, 1, "one stream, not two spliced: {body}");
+    }
+    assert_eq!(ok.stats().completed, sent);
+    wait_logged(&gw, sent as f64).await;
+    let broke = breaks.stats().requests as f64;
+    assert_metric(&gw, &retries(), broke).await;
+    let failures = metric(&gw, &upstream_errors("reset")).await
+        + metric(&gw, &upstream_errors("stale_connection")).await;
+    assert!(failures >= broke, "{failures} < {broke}");
+}

@@ -122,11 +122,12 @@ async fn expect_first_token_504(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_first_token_in_time_is_a_504_before_anything_is_sent() {
     // vLLM sends a stream's head at once and its first event with the first
-    // token, after the queue and the prefill.
+    // token, after the queue and the prefill. With `first_event` the client's
+    // head waits for that event, so a silent worker is still a plain 504.
     let s = sim_with(|c| c.ttft = Duration::from_secs(10));
     let gw = gateway_with(
         &[&s],
-        "first_token_timeout = \"300ms\"\nfailures_to_eject = 1000",
+        "first_token_timeout = \"300ms\"\nfailures_to_eject = 1000\nstream_head = \"first_event\"",
     )
     .await;
     expect_first_token_504(&s, &gw, "none").await;
@@ -250,17 +251,18 @@ async fn head_then_body(gw: &vllm_gateway::gateway::GatewayHandle) -> (Duration,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stream_head_immediate_sends_the_head_before_the_first_token() {
+async fn by_default_a_streams_head_goes_out_before_the_first_token() {
     let s = sim_with(|c| c.ttft = Duration::from_millis(600));
-    // By default the head waits for the first event.
-    let gw = gateway_with(&[&s], "").await;
+    // With `first_event` the head waits for the first event.
+    let gw = gateway_with(&[&s], "stream_head = \"first_event\"").await;
     let (head_at, status, body) = head_then_body(&gw).await;
     assert_eq!(status, 200);
     assert!(head_at >= Duration::from_millis(550), "{head_at:?}");
     assert!(body.contains("data: [DONE]"), "{body}");
     drop(gw);
 
-    let gw = gateway_with(&[&s], "stream_head = \"immediate\"").await;
+    // By default (`immediate`) it goes out as soon as the worker's does.
+    let gw = gateway_with(&[&s], "").await;
     let (head_at, status, body) = head_then_body(&gw).await;
     assert_eq!(status, 200);
     assert!(head_at < Duration::from_millis(300), "{head_at:?}");
@@ -272,11 +274,11 @@ async fn stream_head_immediate_sends_the_head_before_the_first_token() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stream_head_immediate_turns_a_missing_first_token_into_an_in_band_error() {
+async fn by_default_a_missing_first_token_is_an_in_band_error() {
     let s = sim_with(|c| c.ttft = Duration::from_secs(10));
     let gw = gateway_with(
         &[&s],
-        "stream_head = \"immediate\"\nfirst_token_timeout = \"300ms\"\nfailures_to_eject = 1000",
+        "first_token_timeout = \"300ms\"\nfailures_to_eject = 1000",
     )
     .await;
     let started = Instant::now();

@@ -126,14 +126,15 @@ pub enum Routing {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StreamHead {
-    /// With the first event (the first token): until then a silent worker
-    /// is a clean 504 and a failing one is retried on another.
+    /// As soon as the first worker sends its own stream head, as vLLM does
+    /// (vllm.md §5). A worker that fails before its first event is still
+    /// replaced by another within the same stream; a first-token timeout, or
+    /// running out of workers, is an in-band error event.
     #[default]
-    FirstEvent,
-    /// As soon as the worker sends its own head, as vLLM does: clients see
-    /// the head at once; a worker that fails or stays silent before its
-    /// first event is an in-band error, no longer a 504 or a retry.
     Immediate,
+    /// With the first event (the first token): until then a silent worker
+    /// is a clean 504 and any failure a JSON error with its HTTP status.
+    FirstEvent,
 }
 
 /// Where a model's workers come from.

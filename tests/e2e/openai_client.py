@@ -51,6 +51,22 @@ def main() -> int:
             out["bad_request"] = "no error"
         except openai.BadRequestError as e:
             out["bad_request"] = e.body
+    elif scenario == "stream_error":
+        # Every worker drops the stream after its head: the gateway ends the
+        # stream it already started with an in-band error event, which the
+        # client must raise rather than end quietly.
+        seen = 0
+        try:
+            stream = client.chat.completions.create(
+                model=model, messages=messages, stream=True,
+                extra_headers={"x-sim-fault": "close_after_headers"})
+            for _ in stream:
+                seen += 1
+            out["raised"] = None
+        except openai.APIError as e:
+            out["raised"] = type(e).__name__
+            out["message"] = e.message
+        out["chunks_before_error"] = seen
     else:
         print(f"unknown scenario {scenario}", file=sys.stderr)
         return 2
