@@ -29,7 +29,7 @@ usage: bash benches/load.sh [options]
   --soak-connections N  connections during the soak (default 32)
   --gateway-extra FILE  TOML appended to the generated gateway config (starts with a [table])
   --model-keys TEXT     TOML lines added to every [[models]] table of the gateway, for
-                        example 'stream_head = "immediate"'
+                        example 'stream_head = "first_event"'
   --quick               short everything: 3s runs, 1 run, 1000 streams of 10 s
   --out DIR             where results go (default target/load/<date-time>)
   --keep-tmp            keep the temp dir (configs, logs) for inspection

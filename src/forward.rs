@@ -118,8 +118,8 @@ impl ExchangeReport {
     }
 }
 
-/// A worker's answer, ready to be relayed: nothing of it went to the client
-/// yet.
+/// A worker's answer, ready to be relayed: nothing of its body went to the
+/// client yet (its head may have, see [`ExchangeReport::head_sent`]).
 struct Answer {
     up: WorkerResponse,
     /// A stream's first body bytes, read before the client sees anything so
@@ -649,9 +649,11 @@ async fn relay_chunk(
 /// request even leaves its queue (a Starlette `StreamingResponse`,
 /// vllm.md §5); the first event comes with the first token. So the
 /// first-token timeout must cover the first body bytes, not only the head,
-/// and those bytes are read here, before anything goes to the client: a
-/// worker that stays silent past the timeout is still a clean 504, and one
-/// that breaks before its first event can still be retried elsewhere.
+/// and those bytes are read here, before any of the body goes to the client:
+/// a worker that breaks before its first event can still be replaced, and
+/// one that stays silent past the timeout is a clean 504 (with `stream_head =
+/// "first_event"`; otherwise the client already has the head, which this
+/// sends as soon as the worker's arrives).
 async fn attempt(
     session: &mut Session,
     pool: &WorkerPool,

@@ -160,7 +160,7 @@ impl Metrics {
             upstream_errors: counter(
                 &r,
                 "vllm_gateway_upstream_errors_total",
-                "Failed exchanges with workers, by kind (connect, stale_connection, reset, timeout, status_503).",
+                "Failed exchanges with workers, by kind (connect, stale_connection, reset, timeout, status_503, status_5xx, status_4xx, malformed, response_too_large).",
                 &["model", "kind"],
             )?,
             client_disconnects: counter(
