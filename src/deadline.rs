@@ -67,7 +67,7 @@ pub async fn within<F: Future>(d: Duration, fut: F) -> Option<F::Output> {
 }
 
 /// A silence limit that every arrival restarts, without re-arming a timer
-/// per arrival: [`Idle::touch`] only records the time, and [`Idle::expired`]
+/// per arrival: [`Idle::touch`] only records the time, and [`Idle::stalled`]
 /// sleeps again for whatever remains when its timer fires early.
 #[derive(Debug)]
 pub struct Idle {
@@ -76,6 +76,15 @@ pub struct Idle {
     last: AtomicU64,
     /// The silence allowed.
     limit: Duration,
+}
+
+/// Why [`Idle::stalled`] gave up waiting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stall {
+    /// Nothing arrived for the whole silence limit.
+    Silent,
+    /// The deadline passed.
+    Overdue,
 }
 
 impl Idle {
@@ -93,16 +102,22 @@ impl Idle {
             .store(nanos(self.base.elapsed()), Ordering::Relaxed);
     }
 
-    /// Resolves once nothing has arrived for the whole limit.
-    pub async fn expired(&self) {
+    /// Resolves once nothing has arrived for the whole limit, or `deadline`
+    /// passed, whichever comes first (silence when both have). One timer
+    /// for both: a relay loop polls it on every chunk it reads.
+    pub async fn stalled(&self, deadline: Instant) -> Stall {
         loop {
             let due =
                 self.base + Duration::from_nanos(self.last.load(Ordering::Relaxed)) + self.limit;
             let now = Instant::now();
             if now >= due {
-                return;
+                return Stall::Silent;
             }
-            fast_sleep(wheel_delay(now, due - now)).await;
+            if now >= deadline {
+                return Stall::Overdue;
+            }
+            let until = due.min(deadline);
+            fast_sleep(wheel_delay(now, until - now)).await;
         }
     }
 }
@@ -119,7 +134,7 @@ mod tests {
     async fn idle_waits_for_the_whole_silence_after_the_last_touch() {
         let idle = Idle::new(Duration::from_millis(60));
         let started = Instant::now();
-        let expired = idle.expired();
+        let stalled = idle.stalled(started + Duration::from_secs(5));
         let touches = async {
             for _ in 0..4 {
                 sleep(Duration::from_millis(30)).await;
@@ -127,15 +142,37 @@ mod tests {
             }
             std::future::pending::<()>().await;
         };
-        tokio::select! {
-            () = expired => {}
+        let why = tokio::select! {
+            why = stalled => why,
             () = touches => unreachable!(),
-        }
+        };
+        assert_eq!(why, Stall::Silent);
         // Four touches 30 ms apart, then 60 ms of silence; the wheel's
         // resolution is 10 ms.
         let took = started.elapsed();
         assert!(took >= Duration::from_millis(175), "{took:?}");
         assert!(took < Duration::from_millis(400), "{took:?}");
+    }
+
+    #[tokio::test]
+    async fn a_deadline_before_the_silence_ends_the_wait_as_overdue() {
+        let idle = Idle::new(Duration::from_millis(200));
+        let started = Instant::now();
+        let stalled = idle.stalled(started + Duration::from_millis(90));
+        let touches = async {
+            loop {
+                sleep(Duration::from_millis(20)).await;
+                idle.touch();
+            }
+        };
+        let why = tokio::select! {
+            why = stalled => why,
+            () = touches => unreachable!(),
+        };
+        assert_eq!(why, Stall::Overdue);
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(90), "{took:?}");
+        assert!(took < Duration::from_millis(180), "{took:?}");
     }
 
     #[test]

@@ -24,7 +24,8 @@
 //! The client side is Pingora's HTTP/1 session; the worker side is
 //! [`crate::upstream::http1`] over connections from [`crate::upstream`].
 
-use std::pin::pin;
+use std::future::Future;
+use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -34,7 +35,7 @@ use pingora_proxy::Session;
 use tokio::io::AsyncWriteExt;
 
 use crate::config::StreamHead;
-use crate::deadline::{sleep_until, Idle};
+use crate::deadline::{sleep_until, Idle, Stall};
 use crate::error::GatewayError;
 use crate::pool::{PickReason, Reservation, WorkerPool};
 use crate::upstream;
@@ -118,15 +119,66 @@ impl ExchangeReport {
     }
 }
 
-/// A worker's answer, ready to be relayed: nothing of its body went to the
-/// client yet (its head may have, see [`ExchangeReport::head_sent`]).
+/// A worker's answer, as [`attempt`] hands it over for relaying: nothing of
+/// its body went to the client yet (its head may have, see
+/// [`ExchangeReport::head_sent`]).
 struct Answer {
     up: WorkerResponse,
     /// A stream's first body bytes, read before the client sees anything so
     /// that the first-token timeout covers them (see [`attempt`]).
     first: Option<Bytes>,
-    /// The body already ended (a stream answer with an empty body).
+    /// Nothing more comes from the worker (already so for a stream answer
+    /// with an empty body).
     ended: bool,
+}
+
+/// What waiting for the next piece of a worker's answer body gave.
+enum Piece {
+    Chunk(Bytes),
+    /// The body is complete.
+    End,
+    ClientGone,
+    /// The worker's connection broke, or its framing did.
+    Broken,
+    Stalled(Stall),
+}
+
+impl Answer {
+    /// The next piece of the answer's body: first what was read with the
+    /// head, then what the worker sends, while watching for the client
+    /// leaving (`read_body_or_idle`, ../shared/reference/pingora.md §6) and
+    /// for the idle and request limits (`stall`, armed once per answer).
+    async fn next_piece(
+        &mut self,
+        session: &mut Session,
+        idle: &Idle,
+        stall: Pin<&mut impl Future<Output = Stall>>,
+    ) -> Piece {
+        if let Some(first) = self.first.take() {
+            return Piece::Chunk(first);
+        }
+        if self.ended {
+            return Piece::End;
+        }
+        tokio::select! {
+            biased;
+            read = self.up.read_body() => match read {
+                Ok(Some(chunk)) => {
+                    idle.touch();
+                    Piece::Chunk(chunk)
+                }
+                Ok(None) => {
+                    self.ended = true;
+                    Piece::End
+                }
+                Err(_) => Piece::Broken,
+            },
+            // `Ok` would mean more request bytes (not expected); anything
+            // here is the client going away.
+            _ = session.as_downstream_mut().read_body_or_idle(true) => Piece::ClientGone,
+            why = stall => Piece::Stalled(why),
+        }
+    }
 }
 
 /// Errors of a single attempt, sorted by whether another worker may be tried.
@@ -310,7 +362,7 @@ struct Relay<'a> {
 /// when it was read to its end; `Err` when nothing was sent.
 async fn whole_answer(
     relay: Relay<'_>,
-    answer: Answer,
+    mut answer: Answer,
 ) -> Result<Option<WorkerResponse>, GatewayError> {
     let Relay {
         session,
@@ -321,61 +373,52 @@ async fn whole_answer(
         reservation,
         deadline,
     } = relay;
-    let Answer {
-        up: mut upstream,
-        first,
-        ended,
-    } = answer;
     let limit = pool.policy.max_response_bytes;
     let model = || pool.model.to_string();
     let mut chunks: Vec<Bytes> = Vec::new();
     let mut total = 0usize;
-    if let Some(c) = first {
-        total += c.len();
-        chunks.push(c);
-    }
-    if !ended {
-        let idle = Idle::new(pool.timeouts.idle);
-        let mut silent = pin!(idle.expired());
-        let mut overdue = pin!(sleep_until(deadline));
-        loop {
-            tokio::select! {
-                biased;
-                read = upstream.read_body() => match read {
-                    Ok(Some(chunk)) => {
-                        idle.touch();
-                        total += chunk.len();
-                        if total > limit {
-                            report.upstream_errors.push("response_too_large");
-                            reservation.worker.record_failure(&pool.policy.breaker);
-                            return Err(GatewayError::ResponseTooLarge { model: model(), limit });
-                        }
-                        chunks.push(chunk);
-                    }
-                    Ok(None) => break,
-                    Err(_) => {
-                        report.upstream_errors.push("reset");
-                        reservation.worker.record_failure(&pool.policy.breaker);
-                        return Err(GatewayError::UpstreamProtocol { model: model() });
-                    }
-                },
-                gone = session.as_downstream_mut().read_body_or_idle(true) => {
-                    let _ = gone;
-                    report.client_gone = true;
-                    return Ok(None);
-                }
-                () = &mut silent => {
-                    report.upstream_errors.push("timeout");
-                    reservation.worker.record_failure(&pool.policy.breaker);
-                    return Err(GatewayError::UpstreamTimeout { model: model(), phase: "idle" });
-                }
-                () = &mut overdue => {
-                    report.upstream_errors.push("timeout");
-                    return Err(GatewayError::UpstreamTimeout { model: model(), phase: "request timeout" });
-                }
+    let idle = Idle::new(pool.timeouts.idle);
+    let mut stall = pin!(idle.stalled(deadline));
+    loop {
+        let chunk = match answer.next_piece(session, &idle, stall.as_mut()).await {
+            Piece::Chunk(chunk) => chunk,
+            Piece::End => break,
+            Piece::ClientGone => {
+                report.client_gone = true;
+                return Ok(None);
             }
+            Piece::Broken => {
+                report.upstream_errors.push("reset");
+                reservation.worker.record_failure(&pool.policy.breaker);
+                return Err(GatewayError::UpstreamProtocol { model: model() });
+            }
+            Piece::Stalled(why) => {
+                report.upstream_errors.push("timeout");
+                let phase = match why {
+                    Stall::Silent => {
+                        reservation.worker.record_failure(&pool.policy.breaker);
+                        "idle"
+                    }
+                    Stall::Overdue => "request timeout",
+                };
+                return Err(GatewayError::UpstreamTimeout {
+                    model: model(),
+                    phase,
+                });
+            }
+        };
+        total += chunk.len();
+        if total > limit {
+            report.upstream_errors.push("response_too_large");
+            reservation.worker.record_failure(&pool.policy.breaker);
+            return Err(GatewayError::ResponseTooLarge {
+                model: model(),
+                limit,
+            });
         }
+        chunks.push(chunk);
     }
+    let upstream = answer.up;
     let Some(head) = upstream.head() else {
         return Err(GatewayError::UpstreamProtocol { model: model() });
     };
@@ -482,7 +525,7 @@ fn worker_error(body: &[u8]) -> WorkerError {
 /// Returns the upstream session to pool when it was read to its end.
 async fn stream_answer(
     relay: Relay<'_>,
-    answer: Answer,
+    mut answer: Answer,
 ) -> Result<Option<WorkerResponse>, GatewayError> {
     let Relay {
         session,
@@ -493,12 +536,7 @@ async fn stream_answer(
         reservation,
         deadline,
     } = relay;
-    let Answer {
-        up: mut upstream,
-        first,
-        ended,
-    } = answer;
-    let Some(head) = upstream.head() else {
+    let Some(head) = answer.up.head() else {
         return Err(GatewayError::UpstreamProtocol {
             model: pool.model.to_string(),
         });
@@ -514,74 +552,40 @@ async fn stream_answer(
     }
     let limit = pool.policy.max_response_bytes;
     let mut total = 0usize;
-    if let Some(chunk) = first {
+    let idle = Idle::new(pool.timeouts.idle);
+    let mut stall = pin!(idle.stalled(deadline));
+    // What broke the answer: the error kind, the client's message, and
+    // whether it counts against the worker's breaker.
+    let broken = loop {
+        let chunk = match answer.next_piece(session, &idle, stall.as_mut()).await {
+            Piece::Chunk(chunk) => chunk,
+            Piece::End => break None,
+            Piece::ClientGone => {
+                report.client_gone = true;
+                return Ok(None);
+            }
+            Piece::Broken => break Some(("reset", CUT_SHORT, true)),
+            Piece::Stalled(Stall::Silent) => break Some(("timeout", WENT_SILENT, true)),
+            Piece::Stalled(Stall::Overdue) => break Some(("timeout", OVERDUE, false)),
+        };
         total += chunk.len();
+        if total > limit {
+            break Some(("response_too_large", TOO_LARGE, true));
+        }
         match relay_chunk(session, req, tap, report, chunk).await {
             Relayed::Sent => {}
             Relayed::ClientGone => return Ok(None),
-            Relayed::Malformed => {
-                reservation.worker.record_failure(&pool.policy.breaker);
-                fail_mid_answer(session, tap, report, "malformed", MALFORMED).await;
-                return Ok(None);
-            }
+            Relayed::Malformed => break Some(("malformed", MALFORMED, true)),
         }
-    }
-    if !ended {
-        let idle = Idle::new(pool.timeouts.idle);
-        let mut silent = pin!(idle.expired());
-        let mut overdue = pin!(sleep_until(deadline));
-        loop {
-            tokio::select! {
-                biased;
-                read = upstream.read_body() => match read {
-                    Ok(Some(chunk)) => {
-                        idle.touch();
-                        total += chunk.len();
-                        if total > limit {
-                            reservation.worker.record_failure(&pool.policy.breaker);
-                            fail_mid_answer(session, tap, report, "response_too_large",
-                                "The worker's answer grew larger than the gateway accepts.").await;
-                            return Ok(None);
-                        }
-                        match relay_chunk(session, req, tap, report, chunk).await {
-                            Relayed::Sent => {}
-                            Relayed::ClientGone => return Ok(None),
-                            Relayed::Malformed => {
-                                reservation.worker.record_failure(&pool.policy.breaker);
-                                fail_mid_answer(session, tap, report, "malformed", MALFORMED).await;
-                                return Ok(None);
-                            }
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(_) => {
-                        reservation.worker.record_failure(&pool.policy.breaker);
-                        fail_mid_answer(session, tap, report, "reset",
-                            "The worker stopped sending the answer before it was complete.").await;
-                        return Ok(None);
-                    }
-                },
-                gone = session.as_downstream_mut().read_body_or_idle(true) => {
-                    // `Ok` would mean more request bytes (not expected); treat
-                    // anything here as the client going away.
-                    let _ = gone;
-                    report.client_gone = true;
-                    return Ok(None);
-                }
-                () = &mut silent => {
-                    reservation.worker.record_failure(&pool.policy.breaker);
-                    fail_mid_answer(session, tap, report, "timeout",
-                        "The worker went silent in the middle of the answer.").await;
-                    return Ok(None);
-                }
-                () = &mut overdue => {
-                    fail_mid_answer(session, tap, report, "timeout",
-                        "The answer took longer than the gateway's request timeout.").await;
-                    return Ok(None);
-                }
-            }
+    };
+    if let Some((kind, message, worker_at_fault)) = broken {
+        if worker_at_fault {
+            reservation.worker.record_failure(&pool.policy.breaker);
         }
+        fail_mid_answer(session, tap, report, kind, message).await;
+        return Ok(None);
     }
+    let upstream = answer.up;
     // The worker's whole answer arrived; the breaker hears that it
     // answered, whatever happens on the client's side.
     if status < 500 {
@@ -600,6 +604,10 @@ async fn stream_answer(
 }
 
 const MALFORMED: &str = "The worker sent a malformed event stream.";
+const CUT_SHORT: &str = "The worker stopped sending the answer before it was complete.";
+const WENT_SILENT: &str = "The worker went silent in the middle of the answer.";
+const OVERDUE: &str = "The answer took longer than the gateway's request timeout.";
+const TOO_LARGE: &str = "The worker's answer grew larger than the gateway accepts.";
 
 /// What happened to one chunk of a stream.
 enum Relayed {
