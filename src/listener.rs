@@ -486,12 +486,17 @@ fn serve_request<'a, A: HttpServerApp + Send + Sync + 'static>(
 }
 
 /// Resolves when `deadline` passes before the request head was read; never
-/// once it was.
+/// once it was. The connection's task polls this on every wake-up (every
+/// chunk of a stream), so once the head is in, the timer is not polled again.
 async fn head_overdue(head: &HeadSignal, deadline: std::time::Instant) {
-    crate::deadline::sleep_until(deadline).await;
-    if head.is_read() {
-        std::future::pending::<()>().await;
-    }
+    let mut timer = std::pin::pin!(crate::deadline::sleep_until(deadline));
+    std::future::poll_fn(|cx| {
+        if head.is_read() {
+            return std::task::Poll::Pending;
+        }
+        timer.as_mut().poll(cx)
+    })
+    .await;
 }
 
 #[cfg(test)]
