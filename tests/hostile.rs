@@ -154,6 +154,36 @@ async fn slowloris_head_is_cut_off_at_header_read_timeout() {
 }
 
 #[tokio::test]
+async fn the_header_timeout_stops_counting_once_the_head_is_in() {
+    // A stream that runs three times the header timeout, on a connection
+    // whose head arrived at once: the head's timer no longer matters.
+    let s = sim_with(|c| {
+        c.ttft = Duration::from_millis(50);
+        c.itl = Duration::from_millis(100);
+        c.output_tokens = (9, 9);
+    });
+    let gw = start(&config_text(
+        &[s.url()],
+        "",
+        "header_read_timeout = \"300ms\"",
+    ));
+    wait_ready(&gw).await;
+    let body =
+        br#"{"model":"test-model","stream":true,"messages":[{"role":"user","content":"go"}]}"#;
+    let mut c = RawConn::connect(gw.public_addr).await;
+    c.send(&chat_request(body)).await.unwrap();
+    let started = Instant::now();
+    let r = c.response(PROMPT).await.expect("the whole stream");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().ends_with("data: [DONE]\n\n"), "{}", r.text());
+    assert!(
+        started.elapsed() >= Duration::from_millis(800),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
 async fn slowloris_second_head_on_a_kept_alive_connection_is_cut_off() {
     let (_s, gw) = gateway(
         "header_read_timeout = \"500ms\"\nkeepalive_idle_timeout = \"1s\"",
