@@ -30,6 +30,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, TRANSFER_ENCODING};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
 use tokio::io::AsyncWriteExt;
@@ -38,6 +39,7 @@ use crate::config::StreamHead;
 use crate::deadline::{sleep_until, Idle, Stall};
 use crate::error::GatewayError;
 use crate::pool::{PickReason, Reservation, WorkerPool};
+use crate::reply;
 use crate::upstream;
 use crate::upstream::http1::{encode_request, Head, WorkerResponse};
 
@@ -52,7 +54,7 @@ pub struct UpstreamRequest {
     /// Hash of the prompt's leading part, for prefix-affinity routing.
     pub prefix_key: Option<u64>,
     /// Headers added to the answer (the key's `x-ratelimit-*`).
-    pub extra_headers: Vec<(&'static str, String)>,
+    pub extra_headers: Vec<(HeaderName, HeaderValue)>,
     /// Where the gaps between streamed pieces are observed.
     pub gap_histogram: Option<prometheus::Histogram>,
 }
@@ -861,6 +863,8 @@ fn relayed(name: &str, is_sse: bool) -> bool {
 /// so its map is sized for exactly the headers it will hold: for a stream
 /// to a key with limits that is twelve, the most a map's first allocation
 /// holds (1.2 kB; one more doubles it, for every open stream).
+///
+/// The headers stay typed all the way ([`reply::response_head`]).
 fn client_response_head(
     upstream: &Head,
     req: &UpstreamRequest,
@@ -875,33 +879,35 @@ fn client_response_head(
     // + x-request-id, the key's limits, the framing header, x-accel-buffering,
     // and the Date and Connection that Pingora adds.
     let capacity = kept + 1 + req.extra_headers.len() + 2 + 2;
-    let mut h = ResponseHeader::build_no_case(upstream.status, Some(capacity))
-        .map_err(|_| GatewayError::Internal)?;
+    let mut map = HeaderMap::try_with_capacity(capacity).map_err(|_| GatewayError::Internal)?;
+    let full = |_| GatewayError::Internal;
     for (name, value) in &upstream.headers {
         if relayed(name.as_str(), is_sse) {
-            h.append_header(name.clone(), value.clone())
-                .map_err(|_| GatewayError::Internal)?;
+            map.try_append(name.clone(), value.clone()).map_err(full)?;
         }
     }
-    h.insert_header("x-request-id", &*req.request_id)
-        .map_err(|_| GatewayError::Internal)?;
+    let id = HeaderValue::from_str(&req.request_id).map_err(|_| GatewayError::Internal)?;
+    map.try_insert(X_REQUEST_ID, id).map_err(full)?;
     for (name, value) in &req.extra_headers {
-        h.insert_header(*name, value.as_str())
-            .map_err(|_| GatewayError::Internal)?;
+        map.try_insert(name.clone(), value.clone()).map_err(full)?;
     }
-    if http11 && h.headers.get("content-length").is_none() {
-        h.insert_header("transfer-encoding", "chunked")
-            .map_err(|_| GatewayError::Internal)?;
+    if http11 && !map.contains_key(CONTENT_LENGTH) {
+        map.try_insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"))
+            .map_err(full)?;
     }
     if is_sse {
         // Tell any proxy in front of us (nginx honours this) not to buffer
         // the stream either; each event must reach the client as it is made.
         // (No `Cache-Control`: the answer to a POST is not cached anyway.)
-        h.insert_header("x-accel-buffering", "no")
-            .map_err(|_| GatewayError::Internal)?;
+        map.try_insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"))
+            .map_err(full)?;
     }
-    Ok(h)
+    reply::response_head(upstream.status, map).ok_or(GatewayError::Internal)
 }
+
+/// The gateway's request id, on the worker's request and on every answer.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
 
 /// Sends a stream's head to the client; `false` if the client is gone.
 async fn send_stream_head(

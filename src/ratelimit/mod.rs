@@ -18,6 +18,9 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
+
 use governor::clock::{Clock, DefaultClock};
 
 use governor::middleware::StateInformationMiddleware;
@@ -101,43 +104,90 @@ pub struct LimitStatus {
 }
 
 impl LimitStatus {
-    /// The header pairs, in OpenAI's names.
-    pub fn headers(&self) -> Vec<(&'static str, String)> {
-        let mut out = Vec::with_capacity(6);
-        if let Some(w) = self.requests {
-            out.push(("x-ratelimit-limit-requests", w.limit.to_string()));
-            out.push(("x-ratelimit-remaining-requests", w.remaining.to_string()));
-            out.push(("x-ratelimit-reset-requests", go_duration(w.reset)));
+    /// The header pairs, in OpenAI's names, ready for a response head.
+    /// Every answer to a limited key carries them, so the values are written
+    /// into one buffer and handed out as slices of it: one allocation, where
+    /// a value each would take two.
+    pub fn headers(&self) -> Vec<(HeaderName, HeaderValue)> {
+        let windows = [
+            (self.requests, REQUEST_HEADERS),
+            (self.tokens, TOKEN_HEADERS),
+        ];
+        let mut text = String::with_capacity(96);
+        // Where each value ends in `text`, in the order they are written.
+        let mut ends = [0usize; 6];
+        let mut written = 0;
+        let mut int = itoa::Buffer::new();
+        for (w, _) in &windows {
+            let Some(w) = w else { continue };
+            text.push_str(int.format(w.limit));
+            ends[written] = text.len();
+            text.push_str(int.format(w.remaining));
+            ends[written + 1] = text.len();
+            write_go_duration(&mut text, w.reset);
+            ends[written + 2] = text.len();
+            written += 3;
         }
-        if let Some(w) = self.tokens {
-            out.push(("x-ratelimit-limit-tokens", w.limit.to_string()));
-            out.push(("x-ratelimit-remaining-tokens", w.remaining.to_string()));
-            out.push(("x-ratelimit-reset-tokens", go_duration(w.reset)));
+        let text = Bytes::from(text);
+        let mut out = Vec::with_capacity(written);
+        let (mut start, mut i) = (0, 0);
+        for (_, names) in windows.into_iter().filter(|(w, _)| w.is_some()) {
+            for name in names {
+                // Digits and unit letters only: always a valid value.
+                if let Ok(v) = HeaderValue::from_maybe_shared(text.slice(start..ends[i])) {
+                    out.push((name, v));
+                }
+                start = ends[i];
+                i += 1;
+            }
         }
         out
     }
 }
 
+/// `x-ratelimit-{limit,remaining,reset}-requests`.
+const REQUEST_HEADERS: [HeaderName; 3] = [
+    HeaderName::from_static("x-ratelimit-limit-requests"),
+    HeaderName::from_static("x-ratelimit-remaining-requests"),
+    HeaderName::from_static("x-ratelimit-reset-requests"),
+];
+/// `x-ratelimit-{limit,remaining,reset}-tokens`.
+const TOKEN_HEADERS: [HeaderName; 3] = [
+    HeaderName::from_static("x-ratelimit-limit-tokens"),
+    HeaderName::from_static("x-ratelimit-remaining-tokens"),
+    HeaderName::from_static("x-ratelimit-reset-tokens"),
+];
+
 /// A duration the way OpenAI's reset headers write it (Go's format):
 /// `20ms`, `1s`, `6m0s`, `1.5s`.
 pub fn go_duration(d: Duration) -> String {
+    let mut out = String::new();
+    write_go_duration(&mut out, d);
+    out
+}
+
+fn write_go_duration(out: &mut String, d: Duration) {
+    use std::fmt::Write;
     let ms = d.as_millis();
     if ms < 1000 {
-        return format!("{ms}ms");
+        out.push_str(itoa::Buffer::new().format(ms));
+        out.push_str("ms");
+        return;
     }
     let total_s = d.as_secs_f64();
     let minutes = (total_s / 60.0).floor() as u64;
     let secs = total_s - (minutes * 60) as f64;
-    let secs = if (secs - secs.round()).abs() < 0.0005 {
-        format!("{}", secs.round() as u64)
+    if minutes > 0 {
+        let _ = write!(out, "{minutes}m");
+    }
+    if (secs - secs.round()).abs() < 0.0005 {
+        let _ = write!(out, "{}s", secs.round() as u64);
     } else {
-        let s = format!("{secs:.3}");
-        s.trim_end_matches('0').to_string()
-    };
-    if minutes == 0 {
-        format!("{secs}s")
-    } else {
-        format!("{minutes}m{secs}s")
+        let at = out.len();
+        let _ = write!(out, "{secs:.3}");
+        let kept = out[at..].trim_end_matches('0').len();
+        out.truncate(at + kept);
+        out.push('s');
     }
 }
 
@@ -311,6 +361,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn headers_name_both_windows_in_openai_order() {
+        let w = |limit, remaining, ms| Window {
+            limit,
+            remaining,
+            reset: Duration::from_millis(ms),
+        };
+        let st = LimitStatus {
+            requests: Some(w(60, 59, 1000)),
+            tokens: Some(w(150_000, 149_000, 400)),
+        };
+        let got: Vec<(String, String)> = st
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_string()))
+            .collect();
+        let want = [
+            ("x-ratelimit-limit-requests", "60"),
+            ("x-ratelimit-remaining-requests", "59"),
+            ("x-ratelimit-reset-requests", "1s"),
+            ("x-ratelimit-limit-tokens", "150000"),
+            ("x-ratelimit-remaining-tokens", "149000"),
+            ("x-ratelimit-reset-tokens", "400ms"),
+        ];
+        assert_eq!(got.len(), want.len());
+        for ((n, v), (wn, wv)) in got.iter().zip(want) {
+            assert_eq!((n.as_str(), v.as_str()), (wn, wv));
+        }
+        assert!(LimitStatus::default().headers().is_empty());
+    }
+
+    #[test]
     fn go_durations() {
         assert_eq!(go_duration(Duration::from_millis(20)), "20ms");
         assert_eq!(go_duration(Duration::from_secs(1)), "1s");
@@ -343,7 +424,10 @@ mod tests {
         assert!(retry_after > Duration::from_secs(15) && retry_after <= Duration::from_secs(20));
         assert_eq!(
             st.headers()[0],
-            ("x-ratelimit-limit-requests", "3".to_string())
+            (
+                HeaderName::from_static("x-ratelimit-limit-requests"),
+                HeaderValue::from_static("3")
+            )
         );
     }
 
