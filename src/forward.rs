@@ -38,6 +38,7 @@ use tokio::io::AsyncWriteExt;
 use crate::config::StreamHead;
 use crate::deadline::{sleep_until, Idle, Stall};
 use crate::error::GatewayError;
+use crate::listener::FlushHold;
 use crate::pool::{PickReason, Reservation, WorkerPool};
 use crate::reply;
 use crate::upstream;
@@ -57,6 +58,8 @@ pub struct UpstreamRequest {
     pub extra_headers: Vec<(HeaderName, HeaderValue)>,
     /// Where the gaps between streamed pieces are observed.
     pub gap_histogram: Option<prometheus::Histogram>,
+    /// Lets the last piece of a stream leave with the end of the body.
+    pub flush_hold: Option<Arc<FlushHold>>,
 }
 
 /// Sees every body chunk of the answer on its way to the client and decides
@@ -146,6 +149,12 @@ enum Piece {
 }
 
 impl Answer {
+    /// Nothing of the answer is left to hand out: the piece just taken was
+    /// the last.
+    fn complete(&self) -> bool {
+        self.first.is_none() && (self.ended || self.up.body_complete())
+    }
+
     /// The next piece of the answer's body: first what was read with the
     /// head, then what the worker sends, while watching for the client
     /// leaving (`read_body_or_idle`, ../shared/reference/pingora.md §6) and
@@ -574,7 +583,9 @@ async fn stream_answer(
         if total > limit {
             break Some(("response_too_large", TOO_LARGE, true));
         }
-        match relay_chunk(session, req, tap, report, chunk).await {
+        // The end of the body is written right after this piece.
+        let end_follows = answer.complete();
+        match relay_chunk(session, req, tap, report, chunk, end_follows).await {
             Relayed::Sent => {}
             Relayed::ClientGone => return Ok(None),
             Relayed::Malformed => break Some(("malformed", MALFORMED, true)),
@@ -625,6 +636,7 @@ async fn relay_chunk(
     tap: &mut dyn ResponseTap,
     report: &mut ExchangeReport,
     chunk: Bytes,
+    end_follows: bool,
 ) -> Relayed {
     let arrived = Instant::now();
     let out = tap.on_chunk(chunk);
@@ -645,7 +657,18 @@ async fn relay_chunk(
         h.observe(scanned.duration_since(prev).as_secs_f64());
     }
     report.last_write = Some(scanned);
-    if session.write_response_body(Some(out), false).await.is_err() {
+    // The last piece waits in the client stream for the end of the body,
+    // which is written next (nothing from the worker is waited for in
+    // between), and leaves with it.
+    let hold = req.flush_hold.as_deref().filter(|_| end_follows);
+    if let Some(h) = hold {
+        h.hold_next();
+    }
+    let written = session.write_response_body(Some(out), false).await;
+    if let Some(h) = hold {
+        h.clear();
+    }
+    if written.is_err() {
         report.client_gone = true;
         return Relayed::ClientGone;
     }

@@ -67,17 +67,59 @@ pub type SettingsSource = Arc<dyn Fn() -> ConnectionSettings + Send + Sync>;
 
 /// Set when a request's head has been read: handed to the application
 /// through the connection's user context (see `ProxyHttp::on_connection_reuse`),
-/// so the accept loop knows the head arrived in time.
+/// so the accept loop knows the head arrived in time. It also carries the
+/// connection's [`FlushHold`] to the application.
 #[derive(Debug, Default)]
-pub struct HeadSignal(AtomicBool);
+pub struct HeadSignal {
+    read: AtomicBool,
+    hold: Arc<FlushHold>,
+}
 
 impl HeadSignal {
+    fn new(hold: Arc<FlushHold>) -> HeadSignal {
+        HeadSignal {
+            read: AtomicBool::new(false),
+            hold,
+        }
+    }
+
     pub fn mark_read(&self) {
-        self.0.store(true, Ordering::Release);
+        self.read.store(true, Ordering::Release);
     }
 
     fn is_read(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+        self.read.load(Ordering::Acquire)
+    }
+
+    /// The connection's flush hold, for the request's answer.
+    pub fn flush_hold(&self) -> Arc<FlushHold> {
+        Arc::clone(&self.hold)
+    }
+}
+
+/// Lets an answer's writer send its last piece and the end of the body in
+/// one write. Pingora flushes after every chunk it writes and again after
+/// the chunked terminator; when the writer knows the end follows at once,
+/// it holds the flush of that last chunk, so the terminator's flush sends
+/// both: one send per streamed answer fewer, a quarter of a fast stream's.
+/// A hold covers the next flush only, and the writer clears it after that
+/// write whatever happened; Pingora flushes once more when an answer is
+/// done, so no byte of an answer can wait for a later one.
+#[derive(Debug, Default)]
+pub struct FlushHold(AtomicBool);
+
+impl FlushHold {
+    /// The next flush keeps what the stream holds.
+    pub fn hold_next(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    pub fn clear(&self) {
+        self.0.store(false, Ordering::Release);
+    }
+
+    fn take(&self) -> bool {
+        self.0.swap(false, Ordering::AcqRel)
     }
 }
 
@@ -218,6 +260,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> Service for Listener<A> {
 struct CoalescingStream {
     inner: L4Stream,
     buf: Vec<u8>,
+    hold: Arc<FlushHold>,
 }
 
 /// Writes above this go straight out instead of being copied.
@@ -228,10 +271,11 @@ const COALESCE_LIMIT: usize = 16 * 1024;
 const COALESCE_FIRST: usize = 1024;
 
 impl CoalescingStream {
-    fn new(inner: L4Stream) -> CoalescingStream {
+    fn new(inner: L4Stream, hold: Arc<FlushHold>) -> CoalescingStream {
         CoalescingStream {
             inner,
             buf: Vec::new(),
+            hold,
         }
     }
 
@@ -300,6 +344,10 @@ impl AsyncWrite for CoalescingStream {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         use std::task::Poll;
+        if self.hold.take() {
+            // The end of the answer follows at once and flushes this too.
+            return Poll::Ready(Ok(()));
+        }
         match self.poll_drain(cx) {
             Poll::Ready(Ok(())) => std::pin::Pin::new(&mut self.inner).poll_flush(cx),
             other => other,
@@ -405,13 +453,14 @@ async fn serve_connection<A: HttpServerApp + Send + Sync + 'static>(
     shutdown: ShutdownWatch,
     settings: ConnectionSettings,
 ) {
-    let mut stream = client_stream(tcp, peer);
+    let hold = Arc::new(FlushHold::default());
+    let mut stream = client_stream(tcp, peer, Arc::clone(&hold));
     let mut persistent = None;
     // The first head must arrive within the header timeout of the accept;
     // later ones within the idle timeout plus the header timeout.
     let mut allowance = settings.header_read_timeout;
     for served in 0..settings.max_requests_per_connection {
-        let head = Arc::new(HeadSignal::default());
+        let head = Arc::new(HeadSignal::new(Arc::clone(&hold)));
         let serving = serve_request(
             &app,
             stream,
@@ -440,14 +489,18 @@ async fn serve_connection<A: HttpServerApp + Send + Sync + 'static>(
 }
 
 /// An accepted connection as Pingora serves it.
-fn client_stream(tcp: tokio::net::TcpStream, peer: SocketAddr) -> pingora_core::protocols::Stream {
+fn client_stream(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    hold: Arc<FlushHold>,
+) -> pingora_core::protocols::Stream {
     let mut stream: L4Stream = tcp.into();
     // SSE events are small writes that must leave at once.
     let _ = stream.set_nodelay();
     let digest = SocketDigest::from_raw_fd(std::os::fd::AsRawFd::as_raw_fd(&stream));
     let _ = digest.peer_addr.set(Some(peer.into()));
     stream.set_socket_digest(digest);
-    Box::new(CoalescingStream::new(stream))
+    Box::new(CoalescingStream::new(stream, hold))
 }
 
 /// The next request's session on `stream`, set up, and the future that

@@ -26,7 +26,7 @@ use crate::admission::{self, Admitted};
 use crate::auth::{AuthFailure, Caller};
 use crate::error::GatewayError;
 use crate::forward::{self, ExchangeReport, UpstreamRequest};
-use crate::listener::HeadSignal;
+use crate::listener::{FlushHold, HeadSignal};
 use crate::metering::{AnswerMeter, Metered};
 use crate::metrics::{field_label, UNKNOWN_MODEL};
 use crate::ratelimit::{LimitStatus, Verdict};
@@ -123,6 +123,8 @@ pub struct RequestCtx {
     /// Time spent in the gateway's own work so far.
     overhead: Duration,
     report: ExchangeReport,
+    /// The connection's flush hold (from the listener's [`HeadSignal`]).
+    flush_hold: Option<Arc<FlushHold>>,
     _in_flight: Option<InFlight>,
 }
 
@@ -145,6 +147,7 @@ impl ProxyHttp for Gateway {
             usage: None,
             overhead: Duration::ZERO,
             report: ExchangeReport::default(),
+            flush_hold: None,
             _in_flight: None,
         }
     }
@@ -155,11 +158,12 @@ impl ProxyHttp for Gateway {
     fn on_connection_reuse(
         &self,
         _session: &mut Session,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
         reused: Box<dyn std::any::Any + Send + Sync>,
     ) {
         if let Ok(head) = reused.downcast::<Arc<HeadSignal>>() {
             head.mark_read();
+            ctx.flush_hold = Some(head.flush_hold());
         }
     }
 
@@ -337,6 +341,7 @@ impl Gateway {
                     .inter_token_gap
                     .with_label_values(&[&*admitted.pool.model]),
             ),
+            flush_hold: ctx.flush_hold.take(),
         };
         let mut meter = AnswerMeter::new(admitted.strip_usage);
         let result = forward::exchange(

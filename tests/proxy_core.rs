@@ -59,6 +59,41 @@ async fn stream_assembles_to_the_same_text_and_ends_with_done() {
 }
 
 #[tokio::test]
+async fn back_to_back_streams_on_one_connection_each_end_whole() {
+    // A stream's last piece is held in the client stream to leave with the
+    // end of the body: streams of every length, with and without the usage
+    // chunk, on one kept-alive connection, each arrive whole and alone.
+    // (A piece held in the middle of a stream is what
+    // `tokens_reach_the_client_as_they_are_made` catches.)
+    let s = sim_with(|c| c.output_tokens = (1, 5));
+    let gw = gateway_for(&[&s]).await;
+    let mut conn = common::raw::RawConn::connect(gw.public_addr).await;
+    for i in 0..20 {
+        let body = chat_body(json!({
+            "stream": true,
+            "seed": i,
+            "stream_options": {"include_usage": i % 2 == 0},
+        }));
+        conn.send(&common::raw::chat_request(body.to_string().as_bytes()))
+            .await
+            .unwrap();
+        let r = conn
+            .response(Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|e| panic!("stream {i} did not end whole: {e:?}"));
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+        let events = sse_data(&r.text());
+        assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{i}");
+        assert_eq!(
+            events.iter().filter(|e| e.contains("\"usage\":{")).count(),
+            usize::from(i % 2 == 0),
+            "stream {i}: the usage chunk exactly when asked for"
+        );
+    }
+}
+
+#[tokio::test]
 async fn tokens_reach_the_client_as_they_are_made() {
     // 6 tokens, 150 ms apart: the first must arrive long before the last is
     // even produced, or the gateway is buffering the stream.

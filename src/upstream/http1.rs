@@ -151,6 +151,11 @@ impl WorkerResponse {
         }
     }
 
+    /// The whole body has been read (its framing says it ended).
+    pub fn body_complete(&self) -> bool {
+        self.body == Body::Done
+    }
+
     /// The connection, when the answer was read to its end and the
     /// connection may carry another request.
     pub fn into_reusable(self) -> Option<Stream> {
