@@ -69,7 +69,7 @@ pub type SettingsSource = Arc<dyn Fn() -> ConnectionSettings + Send + Sync>;
 /// through the connection's user context (see `ProxyHttp::on_connection_reuse`),
 /// so the accept loop knows the head arrived in time. It also carries the
 /// connection's [`FlushHold`] to the application.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct HeadSignal {
     read: AtomicBool,
     hold: Arc<FlushHold>,

@@ -179,9 +179,7 @@ impl WorkerResponse {
     /// that size.
     async fn fill(&mut self, want: usize) -> io::Result<usize> {
         if want > 0 {
-            if self.buf.capacity() - self.buf.len() < want {
-                self.buf.reserve(want);
-            }
+            self.buf.reserve(want);
             return self.stream.read_buf(&mut self.buf).await;
         }
         if self.buf.is_empty() {
