@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::forward::ExchangeReport;
 use crate::metering::Metered;
-use crate::metrics::{status_class, Metrics};
+use crate::metrics::Metrics;
 use crate::telemetry;
 
 /// Everything the access line and the metrics need about one request.
@@ -32,45 +32,32 @@ fn ms(d: Duration) -> f64 {
 /// Record the request's metrics and write its access line.
 pub fn record(m: &Metrics, r: &AccessRecord<'_>) {
     let elapsed = r.started.elapsed();
-    m.requests
-        .with_label_values(&[r.model, r.key, r.endpoint, status_class(r.status)])
-        .inc();
-    m.request_duration
-        .with_label_values(&[r.model, r.endpoint])
-        .observe(elapsed.as_secs_f64());
-    m.overhead
-        .with_label_values(&[r.endpoint])
-        .observe(r.overhead.as_secs_f64());
     let ttft = r.report.first_token.map(|t| t.duration_since(r.started));
-    if let Some(ttft) = ttft {
-        m.time_to_first_token
-            .with_label_values(&[r.model])
-            .observe(ttft.as_secs_f64());
-    }
+    m.with_series(r.model, r.key, r.endpoint, |s| {
+        s.request(m, r.status).inc();
+        s.duration(m).observe(elapsed.as_secs_f64());
+        s.overhead(m).observe(r.overhead.as_secs_f64());
+        if let Some(ttft) = ttft {
+            s.ttft(m).observe(ttft.as_secs_f64());
+        }
+        for reason in &r.report.picks {
+            s.routing(m, *reason).inc();
+        }
+        if let Some(u) = r.usage {
+            s.tokens(m, false, u.exact).inc_by(u.prompt_tokens);
+            s.tokens(m, true, u.exact).inc_by(u.completion_tokens);
+        }
+    });
     for kind in &r.report.upstream_errors {
         m.upstream_errors.with_label_values(&[r.model, kind]).inc();
     }
     if r.report.client_gone {
         m.client_disconnects.with_label_values(&[r.model]).inc();
     }
-    for reason in &r.report.picks {
-        m.routing_decisions
-            .with_label_values(&[r.model, reason.label()])
-            .inc();
-    }
     if r.report.retries > 0 {
         m.retries
             .with_label_values(&[r.model])
             .inc_by(u64::from(r.report.retries));
-    }
-    if let Some(u) = r.usage {
-        let source = if u.exact { "exact" } else { "estimated" };
-        m.tokens
-            .with_label_values(&[r.model, r.key, "prompt", source])
-            .inc_by(u.prompt_tokens);
-        m.tokens
-            .with_label_values(&[r.model, r.key, "completion", source])
-            .inc_by(u.completion_tokens);
     }
     if !tracing::enabled!(target: "access", tracing::Level::INFO) {
         return;

@@ -335,12 +335,12 @@ impl Gateway {
             request_id: Arc::clone(&ctx.request_id),
             prefix_key: admitted.prefix_key,
             extra_headers: ctx.limits.headers(),
-            gap_histogram: Some(
-                self.shared
-                    .metrics
-                    .inter_token_gap
-                    .with_label_values(&[&*admitted.pool.model]),
-            ),
+            gap_histogram: Some(self.shared.metrics.with_series(
+                &admitted.pool.model,
+                ctx.caller.name(),
+                endpoint.label(),
+                |s| s.gap(&self.shared.metrics).clone(),
+            )),
             flush_hold: ctx.flush_hold.take(),
         };
         let mut meter = AnswerMeter::new(admitted.strip_usage);

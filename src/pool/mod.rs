@@ -84,6 +84,13 @@ pub enum PickReason {
 }
 
 impl PickReason {
+    pub const ALL: [PickReason; 4] = [
+        PickReason::LeastLoaded,
+        PickReason::AffinityHit,
+        PickReason::AffinitySpill,
+        PickReason::Retry,
+    ];
+
     pub fn label(self) -> &'static str {
         match self {
             PickReason::LeastLoaded => "least_loaded",
