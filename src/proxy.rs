@@ -514,7 +514,7 @@ fn check_head_size(
         .iter()
         .map(|(k, v)| k.as_str().len() + v.len() + 4)
         .sum::<usize>()
-        + h.uri.to_string().len();
+        + uri_len(&h.uri);
     if h.headers.len() > server.max_headers || bytes > server.max_header_bytes {
         return Err(GatewayError::HeadersTooLarge {
             max_headers: server.max_headers,
@@ -522,6 +522,27 @@ fn check_head_size(
         });
     }
     Ok(())
+}
+
+/// How long `uri` is as the client wrote it, without writing it out: an
+/// origin-form target (`/v1/chat/completions?x`, what clients send) is its
+/// path and query; anything else is measured by formatting it.
+fn uri_len(uri: &http::Uri) -> usize {
+    match (uri.scheme(), uri.authority(), uri.path_and_query()) {
+        (None, None, Some(pq)) => pq.as_str().len(),
+        _ => {
+            struct Count(usize);
+            impl std::fmt::Write for Count {
+                fn write_str(&mut self, s: &str) -> std::fmt::Result {
+                    self.0 += s.len();
+                    Ok(())
+                }
+            }
+            let mut n = Count(0);
+            let _ = std::fmt::write(&mut n, format_args!("{uri}"));
+            n.0
+        }
+    }
 }
 
 /// The endpoint for the request's method and path.
@@ -571,12 +592,50 @@ fn request_id(session: &Session) -> Arc<str> {
             }
         }
     }
-    Arc::from(format!("{:032x}", fastrand::u128(..)).as_str())
+    fresh_request_id()
+}
+
+/// 32 random lowercase hex digits.
+fn fresh_request_id() -> Arc<str> {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut n = fastrand::u128(..);
+    let mut id = [0u8; 32];
+    for d in id.iter_mut().rev() {
+        *d = HEX[(n & 0xf) as usize];
+        n >>= 4;
+    }
+    // Every byte is an ASCII hex digit.
+    Arc::from(std::str::from_utf8(&id).unwrap_or_default())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uri_length_is_its_written_length() {
+        for u in [
+            "/v1/chat/completions",
+            "/v1/models?limit=5&x=%20",
+            "http://example.com:8080/v1/models?a=b",
+            "*",
+            "example.com:443",
+        ] {
+            let uri: http::Uri = u.parse().unwrap();
+            assert_eq!(uri_len(&uri), uri.to_string().len(), "{u}");
+        }
+    }
+
+    #[test]
+    fn fresh_request_ids_are_32_hex_digits_and_differ() {
+        let a = fresh_request_id();
+        let b = fresh_request_id();
+        assert_eq!(a.len(), 32);
+        assert!(a
+            .bytes()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert_ne!(a, b);
+    }
 
     #[test]
     fn truncates_on_char_boundary() {
