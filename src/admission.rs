@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use pingora_proxy::Session;
+use pingora_core::protocols::http::ServerSession as Session;
 use serde_json::Value;
 
 use crate::config::ModelConfig;
@@ -323,10 +323,9 @@ pub async fn read_body(
         // for large bodies, waiting a second; some clients wait longer).
         // Pingora never sends the 100 itself. A 100 is not "an answer before
         // the body was read", so keep-alive must survive it.
-        let downstream = session.as_downstream_mut();
-        downstream.set_close_on_response_before_downstream_finish(false);
-        let sent = downstream.write_continue_response().await;
-        downstream.set_close_on_response_before_downstream_finish(true);
+        session.set_close_on_response_before_downstream_finish(false);
+        let sent = session.write_continue_response().await;
+        session.set_close_on_response_before_downstream_finish(true);
         sent.map_err(|e| GatewayError::BodyRead {
             reason: e.etype().as_str().to_string(),
         })?;

@@ -1,8 +1,8 @@
 //! The exchange with a worker: connect, send the (possibly rewritten) body,
 //! wait for the answer, stream it back to the client.
 //!
-//! Why the gateway drives the upstream exchange itself from `request_filter`
-//! instead of returning a peer to Pingora's proxy loop
+//! Why the gateway drives the upstream exchange itself instead of returning
+//! a peer to Pingora's proxy loop (`pingora_proxy`'s `upstream_peer`)
 //! (../shared/reference/pingora.md §3):
 //! - Routing needs `model`, which is inside the body, so the whole body is read
 //!   before a worker can be chosen. Pingora only replays a pre-read body from
@@ -31,8 +31,8 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, TRANSFER_ENCODING};
+use pingora_core::protocols::http::ServerSession as Session;
 use pingora_http::{RequestHeader, ResponseHeader};
-use pingora_proxy::Session;
 use tokio::io::AsyncWriteExt;
 
 use crate::config::StreamHead;
@@ -186,7 +186,7 @@ impl Answer {
             },
             // `Ok` would mean more request bytes (not expected); anything
             // here is the client going away.
-            _ = session.as_downstream_mut().read_body_or_idle(true) => Piece::ClientGone,
+            _ = session.read_body_or_idle(true) => Piece::ClientGone,
             why = stall => Piece::Stalled(why),
         }
     }
@@ -471,7 +471,7 @@ async fn whole_answer(
         .map_err(|_| GatewayError::Internal)?;
     let _ = client_head.remove_header("transfer-encoding");
     if session
-        .write_response_header(Box::new(client_head), false)
+        .write_response_header(Box::new(client_head))
         .await
         .is_err()
     {
@@ -481,7 +481,7 @@ async fn whole_answer(
     report.status = status;
     report.first_byte = Some(Instant::now());
     report.first_token = report.first_byte;
-    if session.write_response_body(Some(out), true).await.is_err() {
+    if session.write_response_body(out, true).await.is_err() {
         report.client_gone = true;
     }
     Ok(Some(upstream))
@@ -606,9 +606,9 @@ async fn stream_answer(
     }
     let rest = tap.on_end();
     let finished = if rest.is_empty() {
-        session.write_response_body(None, true).await
+        session.write_response_body(Bytes::new(), true).await
     } else {
-        session.write_response_body(Some(rest), true).await
+        session.write_response_body(rest, true).await
     };
     if finished.is_err() {
         report.client_gone = true;
@@ -664,7 +664,7 @@ async fn relay_chunk(
     if let Some(h) = hold {
         h.hold_next();
     }
-    let written = session.write_response_body(Some(out), false).await;
+    let written = session.write_response_body(out, false).await;
     if let Some(h) = hold {
         h.clear();
     }
@@ -705,7 +705,7 @@ async fn attempt(
             let connected = tokio::select! {
                 biased;
                 r = upstream::connect(worker.addr, t.connect) => r,
-                _ = session.as_downstream_mut().read_body_or_idle(true) => return Err(AttemptError::ClientGone),
+                _ = session.read_body_or_idle(true) => return Err(AttemptError::ClientGone),
                 () = sleep_until(deadline) => return Err(AttemptError::Fatal(
                     GatewayError::UpstreamTimeout { model: model(), phase: "request timeout" }, Some("timeout"))),
             };
@@ -733,7 +733,7 @@ async fn attempt(
     let sent = tokio::select! {
         biased;
         r = sent => r,
-        _ = session.as_downstream_mut().read_body_or_idle(true) => return Err(AttemptError::ClientGone),
+        _ = session.read_body_or_idle(true) => return Err(AttemptError::ClientGone),
         () = sleep_until(deadline) => return Err(AttemptError::Fatal(
             GatewayError::UpstreamTimeout { model: model(), phase: "request timeout" }, Some("timeout"))),
     };
@@ -772,7 +772,7 @@ async fn attempt(
     let head = tokio::select! {
         biased;
         r = up.read_head() => r.map(|h| h.status),
-        _ = session.as_downstream_mut().read_body_or_idle(true) => return Err(AttemptError::ClientGone),
+        _ = session.read_body_or_idle(true) => return Err(AttemptError::ClientGone),
         () = sleep_until(head_deadline) => return Err(timed_out()),
     };
     let Ok(status) = head else {
@@ -824,7 +824,7 @@ async fn attempt(
     let first = tokio::select! {
         biased;
         r = up.read_body() => r,
-        _ = session.as_downstream_mut().read_body_or_idle(true) => return Err(AttemptError::ClientGone),
+        _ = session.read_body_or_idle(true) => return Err(AttemptError::ClientGone),
         () = sleep_until(head_deadline) => return Err(timed_out()),
     };
     match first {
@@ -942,7 +942,7 @@ async fn send_stream_head(
     let http11 = session.req_header().version == http::Version::HTTP_11;
     let client_head = client_response_head(head, req, true, http11)?;
     if session
-        .write_response_header(Box::new(client_head), false)
+        .write_response_header(Box::new(client_head))
         .await
         .is_err()
     {
@@ -987,9 +987,7 @@ async fn end_with_error(
     let mut out = Vec::with_capacity(held.len() + 160);
     out.extend_from_slice(&held);
     out.extend_from_slice(&in_band_error(message));
-    let _ = session
-        .write_response_body(Some(Bytes::from(out)), true)
-        .await;
+    let _ = session.write_response_body(Bytes::from(out), true).await;
 }
 
 /// `data: {"error":{...}}` then `data: [DONE]`.

@@ -209,10 +209,7 @@ pub fn start(config: Config, options: StartOptions) -> Result<GatewayHandle, Sta
         max_connections: 256,
         send_timeout: Duration::from_secs(60),
     });
-    let proxy = Arc::new(pingora_proxy::http_proxy(
-        &server.configuration,
-        Gateway::new(Arc::clone(&shared)),
-    ));
+    let proxy = Arc::new(Gateway::new(Arc::clone(&shared)));
     server.add_service(Listener::new(
         "public",
         public,

@@ -3,8 +3,8 @@
 //! Pingora's own listening service binds its address itself and stops
 //! accepting only when the whole server shuts down. The gateway runs its own
 //! accept loop over a socket bound *before* the server starts, handing every
-//! connection to Pingora's HTTP application (the documented use of
-//! `pingora_proxy::http_proxy`), because:
+//! connection to an HTTP application over Pingora's HTTP session
+//! (`HttpServerApp::process_new_http`), because:
 //! - a bad or busy address fails start-up with a clear error naming the key,
 //!   instead of a panic inside Pingora's service start;
 //! - `listen = "127.0.0.1:0"` works, and the bound port is known, so tests run
@@ -66,8 +66,8 @@ pub struct ConnectionSettings {
 pub type SettingsSource = Arc<dyn Fn() -> ConnectionSettings + Send + Sync>;
 
 /// Set when a request's head has been read: handed to the application
-/// through the connection's user context (see `ProxyHttp::on_connection_reuse`),
-/// so the accept loop knows the head arrived in time. It also carries the
+/// through the connection's user context, which the application takes back
+/// once the head is in, so the accept loop knows it arrived in time. It also carries the
 /// connection's [`FlushHold`] to the application.
 #[derive(Debug)]
 pub struct HeadSignal {

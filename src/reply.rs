@@ -5,8 +5,8 @@
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use http::StatusCode;
+use pingora_core::protocols::http::ServerSession as Session;
 use pingora_http::ResponseHeader;
-use pingora_proxy::Session;
 
 use crate::error::GatewayError;
 use crate::forward::X_REQUEST_ID;
@@ -25,12 +25,8 @@ pub async fn json(
     let Some(resp) = json_head(request_id, limits, extra, status, body.len()) else {
         return;
     };
-    if session
-        .write_response_header(Box::new(resp), false)
-        .await
-        .is_ok()
-    {
-        let _ = session.write_response_body(Some(body), true).await;
+    if session.write_response_header(Box::new(resp)).await.is_ok() {
+        let _ = session.write_response_body(body, true).await;
     }
 }
 

@@ -824,6 +824,34 @@ async fn malformed_request_heads_get_400_or_a_close() {
     still_serves(&gw).await;
 }
 
+/// CONNECT asks for a tunnel, which the gateway never opens: an OpenAI-shaped
+/// 405 and a close, since what a client sends after a CONNECT head is tunnel
+/// bytes, not a next request (RFC 9110 §9.3.6).
+#[tokio::test]
+async fn connect_gets_a_405_and_the_connection_closes() {
+    let (s, gw) = gateway("", "").await;
+    let mut c = RawConn::connect(gw.public_addr).await;
+    c.send(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
+        .await
+        .unwrap();
+    let r = c.response(PROMPT).await.unwrap();
+    assert_eq!(r.status, 405, "{}", r.text());
+    assert_eq!(r.error_code().as_deref(), Some("method_not_allowed"));
+    assert!(r.closes(), "{:?}", r.headers);
+    // Whatever follows is never read as a request.
+    let _ = c.send(&chat_request(GOOD)).await;
+    let rest = c
+        .closed_within(PROMPT)
+        .await
+        .expect("the connection closes");
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+    assert!(s
+        .received()
+        .iter()
+        .all(|r| r.path != "/v1/chat/completions"));
+    still_serves(&gw).await;
+}
+
 // --- Bodies -------------------------------------------------------------------
 
 /// POST each body on one fresh connection; each must get a 400 with `code`.

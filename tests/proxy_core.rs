@@ -6,6 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::raw::{request, RawConn};
 use common::*;
 use futures_util::StreamExt;
 use serde_json::json;
@@ -432,4 +433,54 @@ async fn proxy_instructions_and_the_workers_identity_are_not_relayed() {
     assert_eq!(h["x-worker-note"], "kept");
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["choices"][0]["message"]["content"], "hi");
+}
+
+/// Draining closes keep-alive connections that wait for their next request
+/// at once (a load balancer's pooled connections move to other replicas),
+/// while a stream in flight runs to its end.
+#[tokio::test]
+async fn draining_closes_idle_connections_and_finishes_streams() {
+    let s = sim_with(|c| {
+        c.itl = Duration::from_millis(100);
+        c.output_tokens = (8, 8);
+    });
+    let gw = gateway_for(&[&s]).await;
+    let mut idle = RawConn::connect(gw.public_addr).await;
+    idle.send(&request("GET", "/v1/models", &[], b""))
+        .await
+        .unwrap();
+    let r = idle.response(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(r.status, 200);
+    assert!(!r.closes(), "{:?}", r.headers);
+
+    let url = format!("{}/v1/chat/completions", gw.url());
+    let streaming = tokio::spawn(async move {
+        let resp = client()
+            .post(url)
+            .json(&chat_body(json!({"stream": true})))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.text().await.unwrap()
+    });
+    wait_until(Duration::from_secs(5), || async {
+        s.received()
+            .iter()
+            .any(|r| r.path == "/v1/chat/completions")
+    })
+    .await
+    .expect("the stream reached the worker");
+
+    gw.begin_drain();
+    let rest = idle
+        .closed_within(Duration::from_secs(3))
+        .await
+        .expect("the idle connection closes when the gateway drains");
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+    // It did not wait for the stream (8 tokens, 100 ms apart) to end.
+    assert!(!streaming.is_finished());
+    let body = streaming.await.unwrap();
+    assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
+    assert!(!sse_content(&body).is_empty(), "{body}");
 }

@@ -432,7 +432,8 @@ mod tests {
     const USAGE: &str = "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"total_tokens\":5,\"completion_tokens\":2}}\n\n";
     const DONE: &str = "data: [DONE]\n\n";
 
-    /// Pingora keeps the request context across awaits and threads (`ProxyHttp::CTX: Send + Sync`).
+    /// The request's future holds the scanner across awaits, and Pingora's
+    /// `HttpServerApp` futures must be `Send`.
     #[test]
     fn scanner_can_live_in_the_request_context() {
         fn send_sync<T: Send + Sync>() {}
