@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
-use pingora_core::protocols::http::ServerSession;
+use pingora_core::protocols::http::ServerSession as Session;
 use pingora_core::server::ShutdownWatch;
 use pingora_error::ErrorType;
 use tokio::sync::Notify;
@@ -47,8 +47,6 @@ pub struct Gateway {
     closing: AtomicBool,
     close_idle: Notify,
 }
-
-type Session = ServerSession;
 
 impl Gateway {
     pub fn new(shared: Arc<Shared>) -> Gateway {
@@ -147,7 +145,7 @@ impl HttpServerApp for Gateway {
     /// request in a callgrind profile.
     async fn process_new_http(
         self: &Arc<Self>,
-        mut session: ServerSession,
+        mut session: Session,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
         let head = session.take_connection_user_context();
@@ -564,7 +562,7 @@ fn route(session: &Session) -> Result<Endpoint, GatewayError> {
     let path = h.uri.path();
     let method = h.method.as_str();
     if h.method == http::Method::CONNECT {
-        // Not an API call; Pingora's proxy answered 405 too.
+        // A tunnel request, never an API call.
         return Err(GatewayError::MethodNotAllowed {
             method: truncate(method, 16),
             path: truncate(path, 256),
