@@ -1,17 +1,25 @@
 //! Logging set-up: structured lines through `tracing`, Pingora's own `log`
 //! lines bridged into the same output.
 //!
-//! Lines are formatted on the request's thread and appended to a shared
-//! buffer; a background thread writes the buffer out every few
+//! Lines are formatted on the request's thread and appended to that
+//! thread's buffer; a background thread writes the buffers out every few
 //! milliseconds. Under load one `write` carries hundreds of lines, and no
 //! request ever waits on stderr or wakes another thread to log (a channel
 //! per line cost a wake-up, a context switch and a `write` per request).
-//! The buffer is bounded: past its limit a request writes its line out
-//! itself rather than drop it. [`flush`] writes out what is left before the
-//! process exits.
+//! The buffers are per thread because one shared buffer was a lock and a
+//! run of cache lines that every request thread took in turn: at 64
+//! connections on two threads, turning the access line off saved 1 to 2 µs
+//! of CPU per request, ten times what formatting it costs in a
+//! single-threaded profile. Each buffer is bounded: past its limit a request
+//! writes the lines out itself rather than drop them. [`flush`] writes out
+//! what is left before the process exits.
+//!
+//! Lines of one thread keep their order; lines of different threads written
+//! in the same few milliseconds may not, and each carries its timestamp.
 
 use std::io::Write;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tracing_subscriber::fmt::MakeWriter;
@@ -26,36 +34,92 @@ pub enum LogFormat {
     Text,
 }
 
-/// How long a line may wait in the buffer.
+/// How long a line may wait in its buffer.
 const FLUSH_EVERY: Duration = Duration::from_millis(20);
-/// Past this many buffered bytes, the appending thread writes out itself.
-const MAX_BUFFERED: usize = 4 * 1024 * 1024;
+/// Past this many bytes in its buffer, the appending thread writes out itself.
+const MAX_BUFFERED: usize = 1024 * 1024;
+/// Buffers: threads take them in turn, so up to this many threads never
+/// share one (more threads than this share a few, which is only slower).
+const SHARDS: usize = 32;
+
+/// One thread's lines. Aligned so two buffers' locks never share a cache
+/// line, which would bring back the contention the shards are there to end.
+#[repr(align(128))]
+struct Shard {
+    buf: Mutex<Vec<u8>>,
+}
 
 /// Lines waiting for the background writer.
 struct Pending {
-    buf: Mutex<Vec<u8>>,
-    wake: Condvar,
+    shards: Box<[Shard]>,
 }
 
 impl Pending {
-    fn write_out(&self) {
-        let taken = match self.buf.lock() {
-            Ok(mut b) if !b.is_empty() => std::mem::take(&mut *b),
-            _ => return,
-        };
-        let mut err = std::io::stderr().lock();
-        let _ = err.write_all(&taken);
-        let _ = err.flush();
+    fn new() -> Pending {
+        Pending {
+            shards: (0..SHARDS)
+                .map(|_| Shard {
+                    buf: Mutex::new(Vec::new()),
+                })
+                .collect(),
+        }
+    }
+
+    /// Appends `line` to the calling thread's buffer; true when that buffer
+    /// is past its bound and the caller should write out.
+    fn append(&self, line: &[u8]) -> bool {
+        let shard = &self.shards[shard_of_this_thread()];
+        match shard.buf.lock() {
+            Ok(mut b) => {
+                b.extend_from_slice(line);
+                b.len() > MAX_BUFFERED
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// [`Pending::append`], writing out to stderr when the buffer is full.
+    fn append_or_write(&self, line: &[u8]) {
+        if self.append(line) {
+            self.write_out(&mut std::io::stderr().lock());
+        }
+    }
+
+    /// Writes every buffered line to `out`. Callers pass stderr locked for
+    /// the whole round, so two rounds at once (the writer's and a full
+    /// buffer's) cannot write one thread's lines out of order.
+    fn write_out(&self, out: &mut dyn Write) {
+        let mut spare = Vec::new();
+        for shard in self.shards.iter() {
+            match shard.buf.lock() {
+                // The emptied buffer takes the spare's capacity, so a busy
+                // thread does not grow a new one every round.
+                Ok(mut b) if !b.is_empty() => std::mem::swap(&mut *b, &mut spare),
+                _ => continue,
+            }
+            let _ = out.write_all(&spare);
+            spare.clear();
+        }
+        let _ = out.flush();
     }
 }
 
-static PENDING: std::sync::OnceLock<Arc<Pending>> = std::sync::OnceLock::new();
+/// This thread's buffer, assigned on its first line.
+fn shard_of_this_thread() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+    }
+    SHARD.with(|s| *s)
+}
+
+static PENDING: OnceLock<Arc<Pending>> = OnceLock::new();
 
 /// Set when this module's JSON logger is the one installed: lines formatted
 /// elsewhere in the same shape may then go straight to its buffer.
-static JSON_INSTALLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static JSON_INSTALLED: AtomicBool = AtomicBool::new(false);
 
-/// A `MakeWriter` whose writers append to the shared buffer.
+/// A `MakeWriter` whose writers append to the calling thread's buffer.
 #[derive(Clone)]
 struct BatchWriter(Arc<Pending>);
 
@@ -79,16 +143,7 @@ impl Write for LineWriter {
 
 impl Drop for LineWriter {
     fn drop(&mut self) {
-        let overflow = match self.pending.buf.lock() {
-            Ok(mut b) => {
-                b.extend_from_slice(&self.line);
-                b.len() > MAX_BUFFERED
-            }
-            Err(_) => false,
-        };
-        if overflow {
-            self.pending.write_out();
-        }
+        self.pending.append_or_write(&self.line);
     }
 }
 
@@ -110,12 +165,7 @@ impl<'a> MakeWriter<'a> for BatchWriter {
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,pingora_core::connectors=off"));
-    let pending = Arc::clone(PENDING.get_or_init(|| {
-        Arc::new(Pending {
-            buf: Mutex::new(Vec::with_capacity(64 * 1024)),
-            wake: Condvar::new(),
-        })
-    }));
+    let pending = Arc::clone(PENDING.get_or_init(|| Arc::new(Pending::new())));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(BatchWriter(Arc::clone(&pending)));
@@ -128,23 +178,16 @@ pub fn init(format: LogFormat) {
         LogFormat::Text => builder.compact().try_init(),
     };
     if installed.is_ok() {
-        JSON_INSTALLED.store(
-            format == LogFormat::Json,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        JSON_INSTALLED.store(format == LogFormat::Json, Ordering::Relaxed);
         let spawned = std::thread::Builder::new()
             .name("log-writer".into())
             .spawn(move || loop {
-                // A condvar wait with a timeout: nothing signals it per line;
-                // `flush` signals it to write out at once.
-                if let Ok(guard) = pending.buf.lock() {
-                    let _ = pending.wake.wait_timeout(guard, FLUSH_EVERY);
-                }
-                pending.write_out();
+                std::thread::sleep(FLUSH_EVERY);
+                pending.write_out(&mut std::io::stderr().lock());
             });
         if spawned.is_err() {
             eprintln!(
-                "cannot start the log writer thread; log lines are written when the buffer fills"
+                "cannot start the log writer thread; log lines are written when a buffer fills"
             );
         }
     }
@@ -153,7 +196,7 @@ pub fn init(format: LogFormat) {
 /// Write out every buffered line (call before the process exits).
 pub fn flush() {
     if let Some(p) = PENDING.get() {
-        p.write_out();
+        p.write_out(&mut std::io::stderr().lock());
     }
 }
 
@@ -170,7 +213,7 @@ thread_local! {
 /// 64 connections it was a tenth of the gateway's CPU. The caller checks
 /// `tracing::enabled!` first, so `RUST_LOG` still decides.
 pub fn json_line(build: impl FnOnce(&mut Vec<u8>)) -> bool {
-    if !JSON_INSTALLED.load(std::sync::atomic::Ordering::Relaxed) {
+    if !JSON_INSTALLED.load(Ordering::Relaxed) {
         return false;
     }
     let Some(pending) = PENDING.get() else {
@@ -183,16 +226,7 @@ pub fn json_line(build: impl FnOnce(&mut Vec<u8>)) -> bool {
         line.clear();
         build(&mut line);
         line.push(b'\n');
-        let overflow = match pending.buf.lock() {
-            Ok(mut b) => {
-                b.extend_from_slice(&line);
-                b.len() > MAX_BUFFERED
-            }
-            Err(_) => false,
-        };
-        if overflow {
-            pending.write_out();
-        }
+        pending.append_or_write(&line);
         true
     })
 }
@@ -263,5 +297,76 @@ mod timestamp_tests {
         assert_eq!(at(1_795_564_803, 157_443), "2026-11-25T00:00:03.157443Z");
         assert_eq!(at(951_782_400, 1), "2000-02-29T00:00:00.000001Z");
         assert_eq!(at(4_107_542_399, 999_999), "2100-02-28T23:59:59.999999Z");
+    }
+}
+
+#[cfg(test)]
+mod buffer_tests {
+    use super::*;
+
+    fn lines(out: &[u8]) -> Vec<&str> {
+        std::str::from_utf8(out)
+            .unwrap_or_default()
+            .lines()
+            .collect()
+    }
+
+    #[test]
+    fn lines_from_many_threads_arrive_whole_and_in_each_threads_order() {
+        let pending = Arc::new(Pending::new());
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let pending = Arc::clone(&pending);
+                std::thread::spawn(move || {
+                    for i in 0..500 {
+                        assert!(
+                            !pending.append(format!("t{t} {i:04} {}\n", "x".repeat(40)).as_bytes())
+                        );
+                    }
+                })
+            })
+            .collect();
+        let mut out = Vec::new();
+        // Write out while the threads append, as the writer thread does.
+        for _ in 0..50 {
+            pending.write_out(&mut out);
+        }
+        for t in threads {
+            t.join().expect("appending thread");
+        }
+        pending.write_out(&mut out);
+        let got = lines(&out);
+        assert_eq!(got.len(), 8 * 500);
+        for t in 0..8 {
+            let mine: Vec<&str> = got
+                .iter()
+                .copied()
+                .filter(|l| l.starts_with(&format!("t{t} ")))
+                .collect();
+            let want: Vec<String> = (0..500)
+                .map(|i| format!("t{t} {i:04} {}", "x".repeat(40)))
+                .collect();
+            assert_eq!(mine, want, "thread {t}'s lines, whole and in order");
+        }
+        let mut again = Vec::new();
+        pending.write_out(&mut again);
+        assert!(again.is_empty(), "written lines are not written twice");
+    }
+
+    #[test]
+    fn a_full_buffer_asks_its_thread_to_write_out() {
+        let pending = Pending::new();
+        let line = vec![b'y'; 64 * 1024];
+        let full = (0..MAX_BUFFERED / line.len() + 1)
+            .map(|_| pending.append(&line))
+            .position(|over| over);
+        assert_eq!(full, Some(MAX_BUFFERED / line.len()));
+        let mut out = Vec::new();
+        pending.write_out(&mut out);
+        assert_eq!(out.len(), (MAX_BUFFERED / line.len() + 1) * line.len());
+        assert!(
+            !pending.append(b"z\n"),
+            "written out, the buffer starts over"
+        );
     }
 }
