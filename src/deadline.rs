@@ -96,10 +96,15 @@ impl Idle {
         }
     }
 
-    /// Something arrived: the silence starts over.
-    pub fn touch(&self) {
-        self.last
-            .store(nanos(self.base.elapsed()), Ordering::Relaxed);
+    /// Something arrived: the silence starts over. Returns the time of
+    /// arrival, so the caller need not read the clock again.
+    pub fn touch(&self) -> Instant {
+        let now = Instant::now();
+        self.last.store(
+            nanos(now.saturating_duration_since(self.base)),
+            Ordering::Relaxed,
+        );
+        now
     }
 
     /// Resolves once nothing has arrived for the whole limit, or `deadline`

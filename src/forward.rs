@@ -139,7 +139,8 @@ struct Answer {
 
 /// What waiting for the next piece of a worker's answer body gave.
 enum Piece {
-    Chunk(Bytes),
+    /// Body bytes, and when they arrived.
+    Chunk(Bytes, Instant),
     /// The body is complete.
     End,
     ClientGone,
@@ -166,7 +167,7 @@ impl Answer {
         stall: Pin<&mut impl Future<Output = Stall>>,
     ) -> Piece {
         if let Some(first) = self.first.take() {
-            return Piece::Chunk(first);
+            return Piece::Chunk(first, Instant::now());
         }
         if self.ended {
             return Piece::End;
@@ -174,10 +175,7 @@ impl Answer {
         tokio::select! {
             biased;
             read = self.up.read_body() => match read {
-                Ok(Some(chunk)) => {
-                    idle.touch();
-                    Piece::Chunk(chunk)
-                }
+                Ok(Some(chunk)) => Piece::Chunk(chunk, idle.touch()),
                 Ok(None) => {
                     self.ended = true;
                     Piece::End
@@ -392,7 +390,9 @@ async fn whole_answer(
     let mut stall = pin!(idle.stalled(deadline));
     loop {
         let chunk = match answer.next_piece(session, &idle, stall.as_mut()).await {
-            Piece::Chunk(chunk) => chunk,
+            // The end may come later than the last chunk, so the tap's
+            // time is taken below rather than from the arrival.
+            Piece::Chunk(chunk, _) => chunk,
             Piece::End => break,
             Piece::ClientGone => {
                 report.client_gone = true;
@@ -461,9 +461,10 @@ async fn whole_answer(
     }
     reservation.worker.record_success();
     tap.on_head(status, false);
-    let arrived = Instant::now();
+    let tapping = Instant::now();
     let out = tap.on_chunk(body);
-    report.tap_time += arrived.elapsed();
+    let scanned = Instant::now();
+    report.tap_time += scanned - tapping;
     let http11 = session.req_header().version == http::Version::HTTP_11;
     let mut client_head = client_response_head(head, req, false, http11)?;
     client_head
@@ -479,7 +480,9 @@ async fn whole_answer(
         return Ok(Some(upstream));
     }
     report.status = status;
-    report.first_byte = Some(Instant::now());
+    // The answer was whole and ready at `scanned`; building and writing its
+    // head adds a microsecond, not worth another clock read.
+    report.first_byte = Some(scanned);
     report.first_token = report.first_byte;
     if session.write_response_body(out, true).await.is_err() {
         report.client_gone = true;
@@ -568,8 +571,8 @@ async fn stream_answer(
     // What broke the answer: the error kind, the client's message, and
     // whether it counts against the worker's breaker.
     let broken = loop {
-        let chunk = match answer.next_piece(session, &idle, stall.as_mut()).await {
-            Piece::Chunk(chunk) => chunk,
+        let (chunk, arrived) = match answer.next_piece(session, &idle, stall.as_mut()).await {
+            Piece::Chunk(chunk, at) => (chunk, at),
             Piece::End => break None,
             Piece::ClientGone => {
                 report.client_gone = true;
@@ -585,7 +588,7 @@ async fn stream_answer(
         }
         // The end of the body is written right after this piece.
         let end_follows = answer.complete();
-        match relay_chunk(session, req, tap, report, chunk, end_follows).await {
+        match relay_chunk(session, req, tap, report, chunk, arrived, end_follows).await {
             Relayed::Sent => {}
             Relayed::ClientGone => return Ok(None),
             Relayed::Malformed => break Some(("malformed", MALFORMED, true)),
@@ -636,12 +639,12 @@ async fn relay_chunk(
     tap: &mut dyn ResponseTap,
     report: &mut ExchangeReport,
     chunk: Bytes,
+    arrived: Instant,
     end_follows: bool,
 ) -> Relayed {
-    let arrived = Instant::now();
     let out = tap.on_chunk(chunk);
     let scanned = Instant::now();
-    report.tap_time += scanned - arrived;
+    report.tap_time += scanned.saturating_duration_since(arrived);
     if tap.malformed() {
         return Relayed::Malformed;
     }

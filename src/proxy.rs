@@ -291,7 +291,8 @@ impl Gateway {
         ctx: &mut RequestCtx,
         snapshot: &Snapshot,
     ) -> Result<(), GatewayError> {
-        let checks = Instant::now();
+        // The gateway's own work began when the head was read.
+        let checks = ctx.started;
         check_head_size(session, &snapshot.config.server)?;
         let endpoint = route(session)?;
         ctx.endpoint = Some(endpoint);
