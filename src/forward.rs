@@ -466,11 +466,7 @@ async fn whole_answer(
     let scanned = Instant::now();
     report.tap_time += scanned - tapping;
     let http11 = session.req_header().version == http::Version::HTTP_11;
-    let mut client_head = client_response_head(head, req, false, http11)?;
-    client_head
-        .insert_header("content-length", out.len().to_string())
-        .map_err(|_| GatewayError::Internal)?;
-    let _ = client_head.remove_header("transfer-encoding");
+    let client_head = client_response_head(head, req, Some(out.len()), http11)?;
     if session
         .write_response_header(Box::new(client_head))
         .await
@@ -871,14 +867,16 @@ fn upstream_request(
 /// `X-Accel-*` header is an instruction to a proxy in front of the gateway
 /// (`X-Accel-Redirect` would make an nginx there serve a file the worker
 /// named), never for the worker to give.
-fn relayed(name: &str, is_sse: bool) -> bool {
+fn relayed(name: &str) -> bool {
+    // The length is the gateway's to state: a stream's is unknown, and a
+    // whole answer's is that of the bytes the client gets.
     !(HOP_BY_HOP.contains(&name)
-        || matches!(name, "x-request-id" | "date" | "server")
-        || name.starts_with("x-accel-")
-        || (is_sse && name == "content-length"))
+        || matches!(name, "x-request-id" | "date" | "server" | "content-length")
+        || name.starts_with("x-accel-"))
 }
 
-/// The head the client gets. An answer of unknown length (a stream) is sent
+/// The head the client gets: for a whole answer of `body_len` bytes, or a
+/// stream when that is `None`. An answer of unknown length (a stream) is sent
 /// chunked to an HTTP/1.1 client: without `Transfer-Encoding` Pingora frames
 /// it by closing the connection while the head still says keep-alive, so the
 /// connection could never be reused and a stream cut short by a failure
@@ -894,13 +892,14 @@ fn relayed(name: &str, is_sse: bool) -> bool {
 fn client_response_head(
     upstream: &Head,
     req: &UpstreamRequest,
-    is_sse: bool,
+    body_len: Option<usize>,
     http11: bool,
 ) -> Result<ResponseHeader, GatewayError> {
+    let is_sse = body_len.is_none();
     let kept = upstream
         .headers
         .iter()
-        .filter(|(name, _)| relayed(name.as_str(), is_sse))
+        .filter(|(name, _)| relayed(name.as_str()))
         .count();
     // + x-request-id, the key's limits, the framing header, x-accel-buffering,
     // and the Date and Connection that Pingora adds.
@@ -908,7 +907,7 @@ fn client_response_head(
     let mut map = HeaderMap::try_with_capacity(capacity).map_err(|_| GatewayError::Internal)?;
     let full = |_| GatewayError::Internal;
     for (name, value) in &upstream.headers {
-        if relayed(name.as_str(), is_sse) {
+        if relayed(name.as_str()) {
             map.try_append(name.clone(), value.clone()).map_err(full)?;
         }
     }
@@ -917,9 +916,16 @@ fn client_response_head(
     for (name, value) in &req.extra_headers {
         map.try_insert(name.clone(), value.clone()).map_err(full)?;
     }
-    if http11 && !map.contains_key(CONTENT_LENGTH) {
-        map.try_insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"))
-            .map_err(full)?;
+    match body_len {
+        Some(n) => {
+            map.try_insert(CONTENT_LENGTH, HeaderValue::from(n))
+                .map_err(full)?;
+        }
+        None if http11 => {
+            map.try_insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"))
+                .map_err(full)?;
+        }
+        None => {}
     }
     if is_sse {
         // Tell any proxy in front of us (nginx honours this) not to buffer
@@ -943,7 +949,7 @@ async fn send_stream_head(
     report: &mut ExchangeReport,
 ) -> Result<bool, GatewayError> {
     let http11 = session.req_header().version == http::Version::HTTP_11;
-    let client_head = client_response_head(head, req, true, http11)?;
+    let client_head = client_response_head(head, req, None, http11)?;
     if session
         .write_response_header(Box::new(client_head))
         .await

@@ -359,8 +359,8 @@ async fn readyz_fails_while_a_model_has_no_healthy_worker() {
 /// A worker that answers every request (health checks included) with the
 /// same JSON and the headers a real one might add: uvicorn's `server` and
 /// `date`, and an `X-Accel-Redirect` that an nginx in front of the gateway
-/// would obey.
-async fn worker_with_headers() -> String {
+/// would obey. `chunked`: the body comes chunked, without a length.
+async fn worker_with_headers(chunked: bool) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -371,12 +371,21 @@ async fn worker_with_headers() -> String {
             };
             tokio::spawn(async move {
                 let body = r#"{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"test-model","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}"#;
+                let framing = if chunked {
+                    // Two chunks, so the answer also arrives in pieces.
+                    let (a, b) = body.split_at(body.len() / 2);
+                    format!(
+                        "transfer-encoding: chunked\r\n\r\n{:x}\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\n\r\n",
+                        a.len(),
+                        b.len()
+                    )
+                } else {
+                    format!("content-length: {}\r\n\r\n{body}", body.len())
+                };
                 let answer = format!(
                     "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nserver: uvicorn\r\n\
                      date: Thu, 01 Jan 1970 00:00:00 GMT\r\nx-accel-redirect: /internal/secrets\r\n\
-                     x-request-id: the-workers-own\r\nx-worker-note: kept\r\n\
-                     content-length: {}\r\n\r\n{body}",
-                    body.len()
+                     x-request-id: the-workers-own\r\nx-worker-note: kept\r\n{framing}"
                 );
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 4096];
@@ -413,7 +422,7 @@ async fn worker_with_headers() -> String {
 
 #[tokio::test]
 async fn proxy_instructions_and_the_workers_identity_are_not_relayed() {
-    let worker = worker_with_headers().await;
+    let worker = worker_with_headers(false).await;
     let gw = start(&config_text(&[worker], "", ""));
     wait_ready(&gw).await;
     let r = client()
@@ -433,6 +442,30 @@ async fn proxy_instructions_and_the_workers_identity_are_not_relayed() {
     assert_eq!(h["x-worker-note"], "kept");
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["choices"][0]["message"]["content"], "hi");
+}
+
+/// A whole answer the worker sent chunked goes to the client with its
+/// length, on a connection that stays open for the next request.
+#[tokio::test]
+async fn a_chunked_whole_answer_is_sent_with_its_length() {
+    let worker = worker_with_headers(true).await;
+    let gw = start(&config_text(&[worker], "", ""));
+    wait_ready(&gw).await;
+    let body = serde_json::to_vec(&chat_body(json!({}))).unwrap();
+    let mut conn = RawConn::connect(gw.public_addr).await;
+    for _ in 0..2 {
+        conn.send(&common::raw::chat_request(&body)).await.unwrap();
+        let r = conn.response(Duration::from_secs(5)).await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("transfer-encoding"), None, "{:?}", r.headers);
+        let len = r
+            .header("content-length")
+            .map(|v| v.parse::<usize>().unwrap());
+        assert_eq!(len, Some(r.body.len()), "{:?}", r.headers);
+        assert!(!r.closes(), "{:?}", r.headers);
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["choices"][0]["message"]["content"], "hi");
+    }
 }
 
 /// Draining closes keep-alive connections that wait for their next request
