@@ -4,6 +4,7 @@
 #
 #   bash benches/load.sh [--duration 10s] [--connections 64] [--runs 3] [--quick]
 #                        [--parts compare,ceiling,streams] [--streams 10000] [--soak 10m]
+#                        [--baseline OLD_BINARY]
 #
 # Everything it starts runs on loopback, on ports that were free a moment before, and is
 # killed on exit (trap); every wait has a deadline.
@@ -30,6 +31,10 @@ usage: bash benches/load.sh [options]
   --gateway-extra FILE  TOML appended to the generated gateway config (starts with a [table])
   --model-keys TEXT     TOML lines added to every [[models]] table of the gateway, for
                         example 'stream_head = "first_event"'
+  --baseline BIN        another build of the gateway (a copy of an older
+                        target/release/vllm-gateway) run beside this one in the compare part,
+                        same config, as a fourth target "baseline", interleaved with the rest:
+                        the way to tell two builds apart on a noisy host
   --quick               short everything: 3s runs, 1 run, 1000 streams of 10 s
   --out DIR             where results go (default target/load/<date-time>)
   --keep-tmp            keep the temp dir (configs, logs) for inspection
@@ -54,6 +59,7 @@ MODEL_KEYS=""
 QUICK=0
 OUT=""
 KEEP_TMP=0
+BASELINE=""
 
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -75,6 +81,7 @@ while [[ $# -gt 0 ]]; do
     --quick) QUICK=1; shift ;;
     --out) OUT=$2; shift 2 ;;
     --keep-tmp) KEEP_TMP=1; shift ;;
+    --baseline) BASELINE=$2; shift 2 ;;
     -h | --help) usage; exit 0 ;;
     *) echo "load.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -96,6 +103,12 @@ elif [[ -n $SOAK && ,$PARTS, != *,soak,* ]]; then
 fi
 if [[ ,$PARTS, == *,soak,* && -z $SOAK ]]; then SOAK=60s; fi
 has_part() { [[ ,$PARTS, == *,$1,* ]]; }
+if [[ -n $BASELINE ]]; then
+  [[ -x $BASELINE && -f $BASELINE ]] || { echo "load.sh: --baseline $BASELINE is not an executable file" >&2; exit 2; }
+  # Absolute: the script changes directory.
+  BASELINE=$(cd "$(dirname "$BASELINE")" && pwd)/$(basename "$BASELINE")
+  has_part compare || echo "load.sh: --baseline is only measured in the compare part" >&2
+fi
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -193,6 +206,9 @@ cargo build --release --bin vllm-gateway 2>&1 | tail -n 1 >&2
 LOADGEN=$(cargo bench --no-run --bench loadgen 2>&1 | sed -n 's/.*Executable .*(\(.*\))/\1/p' | tail -n 1)
 [[ -x $LOADGEN ]] || die "could not find the loadgen bench executable"
 BIN=$ROOT/target/release/vllm-gateway
+if [[ -n $BASELINE && $BASELINE -ef $BIN ]]; then
+  die "--baseline is this build's own binary (just rebuilt); pass a copy of the older build"
+fi
 "$LOADGEN" self-test >&2
 
 API_KEY=sk-load-bench-0000000000000000
@@ -403,8 +419,9 @@ HEADER=$OUT/report.md
 # Part: compare (gateway vs nginx vs direct) and ceiling (loadgen vs wrk)
 
 if has_part compare || has_part ceiling; then
-  mapfile -t P < <("$LOADGEN" free-ports 8)
+  mapfile -t P < <("$LOADGEN" free-ports 10)
   SF1=${P[0]} SF2=${P[1]} SP1=${P[2]} SP2=${P[3]} GW=${P[4]} GWA=${P[5]} NF=${P[6]} NP=${P[7]}
+  BG=${P[8]} BGA=${P[9]}
   log "starting workers: simulated (fast) on $SF1 $SF2, stamped (paced) on $SP1 $SP2"
   start_sim sim-fast-1 "$SF1" "$MODEL_FAST" "${FAST_ARGS[@]}"; SIM_FAST_PIDS="$LAST_PID"
   start_sim sim-fast-2 "$SF2" "$MODEL_FAST" "${FAST_ARGS[@]}"; SIM_FAST_PIDS+=" $LAST_PID"
@@ -419,6 +436,20 @@ if has_part compare; then
   log "starting the gateway on $GW (auth: $GATEWAY_AUTH)"
   start_gateway gateway "$TMP/gateway.toml" "$GWA"
   GW_PID=$LAST_PID
+  BASE_PID=""
+  if [[ -n $BASELINE ]]; then
+    # The same config on two other ports; both gateways share the workers, and the one not
+    # being measured is idle.
+    sed -e "s/^listen = \"127.0.0.1:$GW\"/listen = \"127.0.0.1:$BG\"/" \
+      -e "s/^admin_listen = \"127.0.0.1:$GWA\"/admin_listen = \"127.0.0.1:$BGA\"/" \
+      "$TMP/gateway.toml" >"$TMP/baseline.toml"
+    "$BASELINE" check-config "$TMP/baseline.toml" >&2 ||
+      die "the baseline build rejects the generated config ($TMP/baseline.toml)"
+    log "starting the baseline build $BASELINE on $BG"
+    start_bg "$TMP/baseline.log" "$BASELINE" serve --config "$TMP/baseline.toml"
+    BASE_PID=$LAST_PID
+    wait_http "http://127.0.0.1:$BGA/readyz" "$BASE_PID" "$TMP/baseline.log"
+  fi
 
   nginx_config "$TMP/nginx.conf" "$TMP/nginx" "$NF" "$NP" \
     "127.0.0.1:$SF1,127.0.0.1:$SF2" "127.0.0.1:$SP1,127.0.0.1:$SP2"
@@ -439,6 +470,9 @@ if has_part compare; then
     echo "- scenarios: json and sse at $CONNECTIONS connections against workers with no compute delay (16 tokens);"
     echo "  sse-paced at $PACED_CONNECTIONS connections against \`loadgen upstream\` workers (5 ms to first token, 2 ms between 16 tokens, each event stamped with its send time): a light load, where the added-latency targets are judged"
     echo "- RSS is the sum over the target's processes (gateway: 1; nginx: master + workers; direct: both workers)"
+    if [[ -n $BASELINE ]]; then
+      echo "- baseline: another build of the gateway, $BASELINE ($(stat -c %y "$BASELINE" | cut -d. -f1)), same config, interleaved with the other targets"
+    fi
   } >>"$HEADER"
 
   BUDGET=$(($(secs "$DURATION") + $(secs "$WARMUP") + 60))s
@@ -451,6 +485,7 @@ if has_part compare; then
     esac
     case "$target" in
       gateway) urls=(--url "http://127.0.0.1:$GW/v1/chat/completions"); pids=("$GW_PID") ;;
+      baseline) urls=(--url "http://127.0.0.1:$BG/v1/chat/completions"); pids=("$BASE_PID") ;;
       nginx)
         if [[ $model == "$MODEL_FAST" ]]; then port=$NF; else port=$NP; fi
         urls=(--url "http://127.0.0.1:$port/v1/chat/completions")
@@ -472,20 +507,23 @@ if has_part compare; then
       --threads "$LOADGEN_THREADS" --stream-fraction "$stream" "${watch[@]}" \
       --label part=compare --label run="$run" --label scenario="$scenario" --label target="$target"
     note_log gateway "$TMP/gateway.log"
+    note_log baseline "$TMP/baseline.log"
     note_log nginx-error "$TMP/nginx/logs/error.log"
     : >"$TMP/nginx/logs/access.log"
   }
 
   TARGET_ORDER=(gateway nginx direct)
+  [[ -z $BASELINE ]] || TARGET_ORDER+=(baseline)
+  NT=${#TARGET_ORDER[@]}
   for run in $(seq "$RUNS"); do
     for scenario in json sse sse-paced; do
-      for i in 0 1 2; do
+      for i in $(seq 0 $((NT - 1))); do
         # Rotate the order each run so no target always goes first (or right after another).
-        run_one "$run" "$scenario" "${TARGET_ORDER[$(((i + run - 1) % 3))]}"
+        run_one "$run" "$scenario" "${TARGET_ORDER[$(((i + run - 1) % NT))]}"
       done
     done
   done
-  stop_pids "$GW_PID" "$NGX_PID"
+  stop_pids "$GW_PID" "$NGX_PID" ${BASE_PID:+"$BASE_PID"}
 fi
 
 if has_part ceiling; then

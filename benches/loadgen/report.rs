@@ -32,7 +32,8 @@ pub struct ReportArgs {
     streams_rss_budget_mb: f64,
 }
 
-const TARGETS: [&str; 3] = ["gateway", "nginx", "direct"];
+/// `baseline` is another build of the gateway (`load.sh --baseline`), when one was run.
+const TARGETS: [&str; 4] = ["gateway", "baseline", "nginx", "direct"];
 
 pub fn main(a: &ReportArgs) -> Result<ExitCode, String> {
     let text =
@@ -260,6 +261,17 @@ fn compare_tables(out: &mut String, runs: &[&Value], verdicts: &mut Verdicts) {
             (|| Some(med(s, "gateway", &["rps"])? / med(s, "direct", &["rps"])?))()
                 .map_or("–".into(), |r| format!("{r:.2}×")),
         );
+        for (what, path) in [
+            ("req/s", &["rps"][..]),
+            ("server CPU per request", &["server_cpu_us_per_req"][..]),
+        ] {
+            if let Some(r) = (|| Some(med(s, "gateway", path)? / med(s, "baseline", path)?))() {
+                let _ = writeln!(
+                    out,
+                    "| {s}: this build / baseline build, {what} | {r:.2}× | – | info |"
+                );
+            }
+        }
     }
     for s in &order {
         // Latency targets are judged where the proxies are not saturated (the paced scenario,
