@@ -14,8 +14,12 @@
 //! writes the lines out itself rather than drop them. [`flush`] writes out
 //! what is left before the process exits.
 //!
-//! Lines of one thread keep their order; lines of different threads written
-//! in the same few milliseconds may not, and each carries its timestamp.
+//! In the JSON format (for log shippers, and the one under load) lines of one
+//! thread keep their order, but lines of different threads written in the
+//! same few milliseconds may not; each carries its timestamp. The text format
+//! is for a person at a terminal, reading a startup or a shutdown as a
+//! sequence: all its lines share one buffer and keep the order they were
+//! made in.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -52,6 +56,8 @@ struct Shard {
 /// Lines waiting for the background writer.
 struct Pending {
     shards: Box<[Shard]>,
+    /// Every thread appends to the first buffer (the text format's order).
+    one_buffer: AtomicBool,
 }
 
 impl Pending {
@@ -62,13 +68,19 @@ impl Pending {
                     buf: Mutex::new(Vec::new()),
                 })
                 .collect(),
+            one_buffer: AtomicBool::new(false),
         }
     }
 
     /// Appends `line` to the calling thread's buffer; true when that buffer
     /// is past its bound and the caller should write out.
     fn append(&self, line: &[u8]) -> bool {
-        let shard = &self.shards[shard_of_this_thread()];
+        let i = if self.one_buffer.load(Ordering::Relaxed) {
+            0
+        } else {
+            shard_of_this_thread()
+        };
+        let shard = &self.shards[i];
         match shard.buf.lock() {
             Ok(mut b) => {
                 b.extend_from_slice(line);
@@ -179,6 +191,9 @@ pub fn init(format: LogFormat) {
     };
     if installed.is_ok() {
         JSON_INSTALLED.store(format == LogFormat::Json, Ordering::Relaxed);
+        pending
+            .one_buffer
+            .store(format == LogFormat::Text, Ordering::Relaxed);
         let spawned = std::thread::Builder::new()
             .name("log-writer".into())
             .spawn(move || loop {
@@ -351,6 +366,38 @@ mod buffer_tests {
         let mut again = Vec::new();
         pending.write_out(&mut again);
         assert!(again.is_empty(), "written lines are not written twice");
+    }
+
+    #[test]
+    fn with_one_buffer_lines_of_all_threads_keep_the_order_they_were_made_in() {
+        let pending = Arc::new(Pending::new());
+        pending.one_buffer.store(true, Ordering::Relaxed);
+        // Two threads take turns strictly: line i is made before line i + 1.
+        let turn = Arc::new((Mutex::new(0usize), std::sync::Condvar::new()));
+        let threads: Vec<_> = (0..2)
+            .map(|t| {
+                let (pending, turn) = (Arc::clone(&pending), Arc::clone(&turn));
+                std::thread::spawn(move || {
+                    for i in (t..200).step_by(2) {
+                        let (lock, cv) = &*turn;
+                        let mut now = lock.lock().expect("turn");
+                        while *now != i {
+                            now = cv.wait(now).expect("turn");
+                        }
+                        pending.append(format!("line {i:03}\n").as_bytes());
+                        *now += 1;
+                        cv.notify_all();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("appending thread");
+        }
+        let mut out = Vec::new();
+        pending.write_out(&mut out);
+        let want: Vec<String> = (0..200).map(|i| format!("line {i:03}")).collect();
+        assert_eq!(lines(&out), want);
     }
 
     #[test]
