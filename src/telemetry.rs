@@ -101,15 +101,21 @@ impl Pending {
     /// the whole round, so two rounds at once (the writer's and a full
     /// buffer's) cannot write one thread's lines out of order.
     fn write_out(&self, out: &mut dyn Write) {
-        let mut spare = Vec::new();
+        self.write_out_with(out, &mut Vec::new());
+    }
+
+    /// [`Pending::write_out`] with a spare buffer the caller keeps between
+    /// rounds: each emptied buffer takes the spare's capacity, so no thread
+    /// starts growing its buffer from nothing after a round.
+    fn write_out_with(&self, out: &mut dyn Write, spare: &mut Vec<u8>) {
         for shard in self.shards.iter() {
             match shard.buf.lock() {
                 // The emptied buffer takes the spare's capacity, so a busy
                 // thread does not grow a new one every round.
-                Ok(mut b) if !b.is_empty() => std::mem::swap(&mut *b, &mut spare),
+                Ok(mut b) if !b.is_empty() => std::mem::swap(&mut *b, spare),
                 _ => continue,
             }
-            let _ = out.write_all(&spare);
+            let _ = out.write_all(spare);
             spare.clear();
         }
         let _ = out.flush();
@@ -196,9 +202,14 @@ pub fn init(format: LogFormat) {
             .store(format == LogFormat::Text, Ordering::Relaxed);
         let spawned = std::thread::Builder::new()
             .name("log-writer".into())
-            .spawn(move || loop {
-                std::thread::sleep(FLUSH_EVERY);
-                pending.write_out(&mut std::io::stderr().lock());
+            .spawn(move || {
+                let mut spare = Vec::new();
+                loop {
+                    std::thread::sleep(FLUSH_EVERY);
+                    pending.write_out_with(&mut std::io::stderr().lock(), &mut spare);
+                    // A burst's worth of capacity is not kept for good.
+                    spare.shrink_to(MAX_BUFFERED);
+                }
             });
         if spawned.is_err() {
             eprintln!(
@@ -398,6 +409,28 @@ mod buffer_tests {
         pending.write_out(&mut out);
         let want: Vec<String> = (0..200).map(|i| format!("line {i:03}")).collect();
         assert_eq!(lines(&out), want);
+    }
+
+    #[test]
+    fn a_round_hands_the_spare_capacity_on_instead_of_starting_from_nothing() {
+        let pending = Pending::new();
+        let mut spare = Vec::with_capacity(64 * 1024);
+        let mut out = Vec::new();
+        for round in 0..3 {
+            assert!(!pending.append(format!("round {round}\n").as_bytes()));
+            pending.write_out_with(&mut out, &mut spare);
+            let kept = pending.shards[shard_of_this_thread()]
+                .buf
+                .lock()
+                .map(|b| (b.len(), b.capacity()))
+                .unwrap_or_default();
+            assert_eq!(kept.0, 0, "written out");
+            assert!(kept.1 >= 64 * 1024, "round {round}: capacity {}", kept.1);
+            // The spare is now this thread's old buffer: small, and empty.
+            assert!(spare.is_empty());
+            spare.reserve(64 * 1024);
+        }
+        assert_eq!(lines(&out), ["round 0", "round 1", "round 2"]);
     }
 
     #[test]
