@@ -139,8 +139,10 @@ struct Answer {
 
 /// What waiting for the next piece of a worker's answer body gave.
 enum Piece {
-    /// Body bytes, and when they arrived.
-    Chunk(Bytes, Instant),
+    /// Body bytes, and when they arrived (`None` for bytes read with the
+    /// head, handed out from memory: a stream takes the time when it relays
+    /// them, and a whole answer never needs it).
+    Chunk(Bytes, Option<Instant>),
     /// The body is complete.
     End,
     ClientGone,
@@ -167,7 +169,7 @@ impl Answer {
         stall: Pin<&mut impl Future<Output = Stall>>,
     ) -> Piece {
         if let Some(first) = self.first.take() {
-            return Piece::Chunk(first, Instant::now());
+            return Piece::Chunk(first, None);
         }
         if self.ended {
             return Piece::End;
@@ -175,7 +177,7 @@ impl Answer {
         tokio::select! {
             biased;
             read = self.up.read_body() => match read {
-                Ok(Some(chunk)) => Piece::Chunk(chunk, idle.touch()),
+                Ok(Some(chunk)) => Piece::Chunk(chunk, Some(idle.touch())),
                 Ok(None) => {
                     self.ended = true;
                     Piece::End
@@ -568,7 +570,7 @@ async fn stream_answer(
     // whether it counts against the worker's breaker.
     let broken = loop {
         let (chunk, arrived) = match answer.next_piece(session, &idle, stall.as_mut()).await {
-            Piece::Chunk(chunk, at) => (chunk, at),
+            Piece::Chunk(chunk, at) => (chunk, at.unwrap_or_else(Instant::now)),
             Piece::End => break None,
             Piece::ClientGone => {
                 report.client_gone = true;
