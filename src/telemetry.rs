@@ -8,11 +8,11 @@
 //! per line cost a wake-up, a context switch and a `write` per request).
 //! The buffers are per thread because one shared buffer was a lock and a
 //! run of cache lines that every request thread took in turn: at 64
-//! connections on two threads, turning the access line off saved 1 to 2 µs
-//! of CPU per request, ten times what formatting it costs in a
-//! single-threaded profile. Each buffer is bounded: past its limit a request
-//! writes the lines out itself rather than drop them. [`flush`] writes out
-//! what is left before the process exits.
+//! connections on two threads, `perf` put a third of the request task's own
+//! samples on that lock, a cost a single-threaded profile cannot show. Each
+//! buffer is bounded: past its limit a request writes the lines out itself
+//! rather than drop them. [`flush`] writes out what is left before the
+//! process exits.
 //!
 //! In the JSON format (for log shippers, and the one under load) lines of one
 //! thread keep their order, but lines of different threads written in the
@@ -110,8 +110,6 @@ impl Pending {
     fn write_out_with(&self, out: &mut dyn Write, spare: &mut Vec<u8>) {
         for shard in self.shards.iter() {
             match shard.buf.lock() {
-                // The emptied buffer takes the spare's capacity, so a busy
-                // thread does not grow a new one every round.
                 Ok(mut b) if !b.is_empty() => std::mem::swap(&mut *b, spare),
                 _ => continue,
             }
