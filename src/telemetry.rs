@@ -262,26 +262,29 @@ pub fn write_timestamp(out: &mut Vec<u8>, t: std::time::SystemTime) {
     let secs = since.as_secs();
     let (year, month, day) = civil_from_days(secs / 86_400);
     let rest = secs % 86_400;
+    // Filled in place and appended once: one line's stamp is a few dozen
+    // instructions, not a capacity check and a division per digit.
+    let mut stamp = *b"0000-00-00T00:00:00.000000Z";
     let fields = [
-        (month, 2),
-        (day, 2),
-        (rest / 3600, 2),
-        (rest % 3600 / 60, 2),
-        (rest % 60, 2),
-        (u64::from(since.subsec_micros()), 6),
+        (year, 0..4),
+        (month, 5..7),
+        (day, 8..10),
+        (rest / 3600, 11..13),
+        (rest % 3600 / 60, 14..16),
+        (rest % 60, 17..19),
+        (u64::from(since.subsec_micros()), 20..26),
     ];
-    push_digits(out, year, 4);
-    for ((value, width), sep) in fields.into_iter().zip([b'-', b'-', b'T', b':', b':', b'.']) {
-        out.push(sep);
-        push_digits(out, value, width);
+    for (value, at) in fields {
+        put_digits(&mut stamp[at], value);
     }
-    out.push(b'Z');
+    out.extend_from_slice(&stamp);
 }
 
-fn push_digits(out: &mut Vec<u8>, value: u64, width: u32) {
-    for k in (0..width).rev() {
-        let digit = (value / 10u64.pow(k)) % 10;
-        out.push(b'0' + digit as u8);
+/// Writes the last `digits.len()` decimal digits of `value` into `digits`.
+fn put_digits(digits: &mut [u8], mut value: u64) {
+    for d in digits.iter_mut().rev() {
+        *d = b'0' + (value % 10) as u8;
+        value /= 10;
     }
 }
 
