@@ -274,7 +274,7 @@ pub fn check_content_type(session: &Session) -> Result<(), GatewayError> {
     let ok = session
         .req_header()
         .headers
-        .get("content-type")
+        .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(|ct| {
             ct.split(';')
@@ -297,7 +297,7 @@ fn expects_continue(session: &Session) -> bool {
     let h = session.req_header();
     h.version == http::Version::HTTP_11
         && h.headers
-            .get("expect")
+            .get(http::header::EXPECT)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
@@ -312,7 +312,7 @@ pub async fn read_body(
     let declared = session
         .req_header()
         .headers
-        .get("content-length")
+        .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {

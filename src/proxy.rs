@@ -38,6 +38,11 @@ use crate::state::{InFlight, Shared, Snapshot};
 /// known context length): a typical long answer.
 const DEFAULT_OUTPUT_RESERVE: u64 = 1024;
 
+/// Azure OpenAI's key header, which the OpenAI SDKs send in Azure mode.
+/// Header lookups go by typed names: a `&str` name is parsed and checked
+/// on every lookup.
+const API_KEY: http::HeaderName = http::HeaderName::from_static("api-key");
+
 /// The gateway's public-listener application.
 pub struct Gateway {
     shared: Arc<Shared>,
@@ -387,8 +392,8 @@ impl Gateway {
     fn authenticate(&self, session: &Session, snapshot: &Snapshot) -> Result<Caller, GatewayError> {
         let h = &session.req_header().headers;
         match snapshot.keys.authenticate(
-            h.get("authorization").map(|v| v.as_bytes()),
-            h.get("api-key").map(|v| v.as_bytes()),
+            h.get(http::header::AUTHORIZATION).map(|v| v.as_bytes()),
+            h.get(&API_KEY).map(|v| v.as_bytes()),
         ) {
             Ok(c) => Ok(c),
             Err(f) => {
@@ -599,7 +604,7 @@ pub fn truncate(s: &str, max: usize) -> String {
 /// Client ids are echoed into logs and forwarded to vLLM, so they are
 /// bounded and restricted to a safe alphabet.
 fn request_id(session: &Session) -> Arc<str> {
-    if let Some(v) = session.req_header().headers.get("x-request-id") {
+    if let Some(v) = session.req_header().headers.get(&forward::X_REQUEST_ID) {
         let b = v.as_bytes();
         if !b.is_empty()
             && b.len() <= 128
