@@ -5,7 +5,6 @@
 //! final comparison of digests is constant-time. A key's configured `name`
 //! is the only thing that reaches logs, metrics and limits.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
@@ -33,7 +32,7 @@ impl ApiKey {
 /// All configured keys, by digest.
 #[derive(Debug, Default)]
 pub struct KeyTable {
-    by_digest: HashMap<[u8; 32], Arc<ApiKey>>,
+    by_digest: foldhash::HashMap<[u8; 32], Arc<ApiKey>>,
 }
 
 /// The outcome of authenticating a request.

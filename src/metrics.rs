@@ -7,7 +7,6 @@
 //! enums. Never a raw path, a parameter or a key.
 
 use std::cell::{OnceCell, RefCell};
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::pool::{PickReason, WorkerState};
@@ -301,8 +300,8 @@ const SERIES_PER_THREAD: usize = 4096;
 
 thread_local! {
     /// Series by a hash of their labels; a bucket holds the rare collisions.
-    static SERIES: RefCell<HashMap<u64, Vec<std::rc::Rc<RequestSeries>>>> =
-        RefCell::new(HashMap::new());
+    static SERIES: RefCell<foldhash::HashMap<u64, Vec<std::rc::Rc<RequestSeries>>>> =
+        RefCell::new(foldhash::HashMap::default());
 }
 
 impl RequestSeries {

@@ -30,7 +30,7 @@ pub type Discovered = HashMap<String, Vec<WorkerSpec>>;
 /// An immutable view of one configuration generation.
 pub struct Snapshot {
     pub config: Arc<Config>,
-    pools: HashMap<String, Arc<WorkerPool>>,
+    pools: foldhash::HashMap<String, Arc<WorkerPool>>,
     pub keys: KeyTable,
     pub limits: Arc<RateLimits>,
 }
@@ -71,7 +71,7 @@ impl Shared {
         // path as every reload.
         let empty = Snapshot {
             config: Arc::new(config.clone()),
-            pools: HashMap::new(),
+            pools: foldhash::HashMap::default(),
             keys: KeyTable::default(),
             limits: Arc::new(RateLimits::memory()),
         };

@@ -89,7 +89,7 @@ pub struct Worker {
 
     /// `max_model_len` per served model, from its `/v1/models`; read on
     /// every chat request, so swapped whole rather than locked.
-    max_model_len: ArcSwap<HashMap<String, u64>>,
+    max_model_len: ArcSwap<foldhash::HashMap<String, u64>>,
     /// Idle connections for requests.
     pub connections: ConnectionPool,
     /// Idle connections for health checks and load polls, kept apart: they
@@ -123,7 +123,7 @@ impl Worker {
             remote_waiting: AtomicU32::new(0),
             kv_milli: AtomicU32::new(0),
             in_flight_at_scrape: AtomicU32::new(0),
-            max_model_len: ArcSwap::from_pointee(HashMap::new()),
+            max_model_len: ArcSwap::from_pointee(foldhash::HashMap::default()),
             connections: ConnectionPool::default(),
             probes: ConnectionPool::default(),
         }
@@ -338,6 +338,7 @@ impl Worker {
     }
 
     pub fn set_max_model_lens(&self, lens: HashMap<String, u64>) {
+        let lens: foldhash::HashMap<String, u64> = lens.into_iter().collect();
         if **self.max_model_len.load() != lens {
             self.max_model_len.store(Arc::new(lens));
         }
