@@ -199,6 +199,32 @@ pub(crate) fn top_level_value<'a>(json: &'a [u8], key: &[u8]) -> Option<&'a [u8]
 /// backslashes precedes it (the only escape ending in `\` is `\\` itself), so strings are
 /// recognised from their end as surely as from their start.
 pub(crate) fn top_level_value_from_end<'a>(json: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
+    let [value] = top_level_values_from_end(json, [key]);
+    value
+}
+
+/// [`top_level_value_from_end`] for several keys in one walk, which stops once all are found:
+/// a stream's usage-only chunk ends with `"choices":[],"usage":{…}}`, so both take a few dozen
+/// bytes. Each key's value is `None` if the walk did not reach it intact.
+pub(crate) fn top_level_values_from_end<'a, const N: usize>(
+    json: &'a [u8],
+    keys: [&[u8]; N],
+) -> [Option<&'a [u8]>; N] {
+    let mut found = [None; N];
+    let _ = walk_back(json, |key, value| {
+        for (slot, wanted) in found.iter_mut().zip(keys) {
+            if slot.is_none() && key == wanted {
+                *slot = Some(value);
+            }
+        }
+        found.iter().all(Option::is_some)
+    });
+    found
+}
+
+/// Visits the top-level members of the object `json` from the last to the first, until `visit`
+/// returns true. `None` where the structure is broken.
+fn walk_back<'a>(json: &'a [u8], mut visit: impl FnMut(&'a [u8], &'a [u8]) -> bool) -> Option<()> {
     let close = skip_ws_back(json, json.len()).checked_sub(1)?;
     if json.get(close) != Some(&b'}') {
         return None;
@@ -210,17 +236,20 @@ pub(crate) fn top_level_value_from_end<'a>(json: &'a [u8], key: &[u8]) -> Option
         let value_start = skip_value_back(json, value_end)?;
         let colon = skip_ws_back(json, value_start).checked_sub(1)?;
         if json.get(colon) != Some(&b':') {
-            // `{}`, or broken JSON: either way no such key.
+            // `{}`, or broken JSON.
             return None;
         }
         let key_end = skip_ws_back(json, colon);
         let key_start = skip_string_back(json, key_end)?;
-        if json.get(key_start + 1..key_end - 1)? == key {
-            return json.get(value_start..value_end);
+        if visit(
+            json.get(key_start + 1..key_end - 1)?,
+            json.get(value_start..value_end)?,
+        ) {
+            return Some(());
         }
         delim = skip_ws_back(json, key_start).checked_sub(1)?;
         if json.get(delim) != Some(&b',') {
-            // The object's opening `{` (the key is absent), or broken JSON.
+            // The object's opening `{` (every member was visited), or broken JSON.
             return None;
         }
     }
@@ -497,6 +526,29 @@ mod tests {
     }
 
     #[test]
+    fn several_keys_in_one_walk_from_the_end() {
+        let chunk = br#"{"id":"c","choices":[],"x":{"usage":1},"usage":{"prompt_tokens":1}}"#;
+        assert_eq!(
+            top_level_values_from_end(chunk, [b"choices", b"usage", b"id"]),
+            [
+                Some(&b"[]"[..]),
+                Some(&br#"{"prompt_tokens":1}"#[..]),
+                Some(&br#""c""#[..])
+            ]
+        );
+        assert_eq!(
+            top_level_values_from_end(chunk, [b"missing", b"x"]),
+            [None, Some(&br#"{"usage":1}"#[..])]
+        );
+        // Broken before `id`: what the walk reached intact is still found.
+        let broken = br#"{"id" "c","choices":[],"usage":{}}"#;
+        assert_eq!(
+            top_level_values_from_end(broken, [b"usage", b"id"]),
+            [Some(&b"{}"[..]), None]
+        );
+    }
+
+    #[test]
     fn escaped_quotes_and_backslashes_in_skipped_strings() {
         let body = br#"{"a":"x\\","b":"\"usage\":{","c":["\\\"",{"d":"]}"}],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#;
         assert_eq!(usage_from_response(body).map(|u| u.total_tokens), Some(3));
@@ -582,6 +634,16 @@ mod tests {
 
     /// Counts and near misses. Arrays are left out: serde also reads a struct from an array
     /// (`[1,2,3]`), which no worker sends and the gateway does not accept.
+    /// `v` if it is JSON, else `null`: members the parser steps over are located, not validated
+    /// (serde's parse rejects `{"other":007}`; the walker does not look inside `other`).
+    fn valid_json(v: &str) -> &str {
+        if serde_json::from_str::<serde::de::IgnoredAny>(v).is_ok() {
+            v
+        } else {
+            "null"
+        }
+    }
+
     fn usage_value() -> impl Strategy<Value = String> {
         // Mostly well-formed, so that whole objects often are and a rule broken once shows.
         let near_miss = prop_oneof![
@@ -609,7 +671,10 @@ mod tests {
                 0..3,
             )
             .prop_map(|m| {
-                let inner: Vec<String> = m.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+                let inner: Vec<String> = m
+                    .iter()
+                    .map(|(k, v)| format!("\"{k}\":{}", if *k == "cached_tokens" { v } else { valid_json(v) }))
+                    .collect();
                 format!("{{{}}}", inner.join(","))
             }),
             1 => Just("{\"nested\":[1,{\"prompt_tokens\":2}],\"s\":\"}\"}".to_string()),
@@ -653,6 +718,9 @@ mod tests {
                     prop_assert_eq!(parsed.as_ref(), Some(v));
                     let from_end = top_level_value_from_end(&text, k.as_bytes());
                     prop_assert_eq!(from_end, raw, "{}", k);
+                    let [both_k, both_usage] = top_level_values_from_end(&text, [k.as_bytes(), b"usage"]);
+                    prop_assert_eq!(both_k, raw);
+                    prop_assert_eq!(both_usage, top_level_value(&text, b"usage"));
                 }
             }
         }
@@ -664,7 +732,10 @@ mod tests {
             spaced in any::<bool>(),
         ) {
             let (colon, comma) = if spaced { (" : ", " ,\n ") } else { (":", ",") };
-            let body: Vec<String> = members.iter().map(|(k, v)| format!("\"{k}\"{colon}{v}")).collect();
+            let body: Vec<String> = members
+                .iter()
+                .map(|(k, v)| format!("\"{k}\"{colon}{}", if *k == "other" { valid_json(v) } else { v }))
+                .collect();
             let text = format!("{{{}}}", body.join(comma));
             prop_assert_eq!(usage_from_object(text.as_bytes()), serde_usage(text.as_bytes()), "{}", text);
         }

@@ -13,7 +13,10 @@ use std::sync::LazyLock;
 use memchr::{memchr, memchr2, memmem::Finder};
 
 use super::error::InBandError;
-use crate::usage::{skip_ws, top_level_value, usage_from_object, usage_from_response, Usage};
+use crate::usage::{
+    skip_ws, top_level_value, top_level_values_from_end, usage_from_object, usage_from_response,
+    Usage,
+};
 
 /// Byte-pattern finders, built once for the process (memmem builds its search tables in `new`).
 struct Finders {
@@ -134,8 +137,10 @@ impl StreamFacts {
     /// The final usage chunk comes once per stream, so it is parsed right away: the strip
     /// decision needs it confirmed (top-level `choices` empty, top-level `usage` valid).
     fn on_usage_only_chunk(&mut self, data: &[u8]) -> bool {
-        let choices_empty = top_level_value(data, b"choices").is_some_and(is_empty_array);
-        let usage = top_level_value(data, b"usage").and_then(usage_from_object);
+        // One walk from the end, where both keys are (vllm.md §5).
+        let [choices, usage_raw] = top_level_values_from_end(data, [b"choices", b"usage"]);
+        let choices_empty = choices.is_some_and(is_empty_array);
+        let usage = usage_raw.and_then(usage_from_object);
         match usage {
             Some(u) if choices_empty => {
                 self.final_usage = Some(u);
@@ -150,7 +155,7 @@ impl StreamFacts {
                 // Either broken JSON, or a top-level usage that is not a usage object (negative
                 // counts…): both malformed. A usage key found only nested is neither.
                 self.flag_if_invalid_json(data);
-                if top_level_value(data, b"usage").is_some() {
+                if usage_raw.is_some() {
                     self.malformed = true;
                 }
                 false
